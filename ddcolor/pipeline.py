@@ -73,7 +73,8 @@ def validate_images(images: ImagesLike, name: str = "images") -> Tensor:
     if c not in (1, 3, 4):
         raise _fail(name, f"{c} channels", "Expected 1 (grey), 3 (RGB) or 4 (RGBA; alpha is kept unchanged).")
     images = images.detach().to("cpu", torch.float32)
-    if not bool(torch.isfinite(images).all()):
+    low, high = torch.aminmax(images)  # reductions propagate NaN/inf without a full-size temporary
+    if not (math.isfinite(float(low)) and math.isfinite(float(high))):
         raise _fail(name, "contains NaN or infinite values", "Fix the node that produced the image.")
     return images
 
@@ -83,6 +84,14 @@ def _rgb_numpy(image: Tensor) -> np.ndarray:
     arr = image.numpy()
     arr = np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr[..., :3]
     return np.clip(arr, 0.0, 1.0, dtype=np.float32)
+
+
+def _resized_rgb(image: Tensor, size_wh: tuple[int, int], interpolation: int) -> np.ndarray:
+    """Resize an (H, W, C) image to (h, w, 3) RGB clipped to 0..1, without a full-resolution copy."""
+    arr = image.numpy()
+    small = cv2.resize(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr), size_wh,
+                       interpolation=interpolation)
+    return _rgb_numpy(torch.from_numpy(small.reshape(size_wh[1], size_wh[0], -1)))
 
 
 def check_input_size(input_size: int) -> int:
@@ -121,7 +130,7 @@ def prepare_input(images: ImagesLike, input_size: int = 512, *, resize_mode: Res
     interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     x = np.empty((batch.shape[0], sh, sw, 3), dtype=np.float32)
     for i, image in enumerate(batch):
-        small = cv2.resize(_rgb_numpy(image), (w, h), interpolation=interpolation)
+        small = _resized_rgb(image, (w, h), interpolation)
         grey = grey_from_l(rgb_to_l(small))  # (h, w, 3)
         x[i] = np.pad(grey, ((0, sh - h), (0, sw - w), (0, 0)), mode="edge")
     return ModelInput(torch.from_numpy(x).permute(0, 3, 1, 2), (h, w))
@@ -165,11 +174,11 @@ def _bilinear_rows(maps: np.ndarray, height: int, width: int, r0: int, r1: int) 
     return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
 
 
-def _guided_coefficients(rgb: np.ndarray, ab: np.ndarray) -> np.ndarray:
+def _guided_coefficients(image: Tensor, ab: np.ndarray) -> np.ndarray:
     """Fast guided filter (He & Sun, 2015) at the prediction's resolution: per-pixel (A, B) such that
     ``ab ~ A * L + B`` locally, returned as (4, h, w) = (A_a, A_b, B_a, B_b), box-smoothed."""
     _, h, w = ab.shape
-    guide = rgb_to_l(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)) / 100.0
+    guide = rgb_to_l(_resized_rgb(image, (w, h), cv2.INTER_AREA)) / 100.0
     k = (2 * _GUIDED_RADIUS + 1,) * 2
 
     def box(x: np.ndarray) -> np.ndarray:
@@ -185,7 +194,8 @@ def _guided_coefficients(rgb: np.ndarray, ab: np.ndarray) -> np.ndarray:
     return np.stack([box(coeffs[0][0]), box(coeffs[1][0]), box(coeffs[0][1]), box(coeffs[1][1])])
 
 
-def merge_lab(images: ImagesLike, ab: Tensor, *, upsample: UpsampleMode = "nearest", chroma: float = 1.0) -> Tensor:
+def merge_lab(images: ImagesLike, ab: Tensor, *, upsample: UpsampleMode = "nearest", chroma: float = 1.0,
+              out: Tensor | None = None) -> Tensor:
     """Combine the full-resolution lightness of ``images`` with the predicted ``ab``.
 
     Args:
@@ -195,6 +205,7 @@ def merge_lab(images: ImagesLike, ab: Tensor, *, upsample: UpsampleMode = "neare
             filter with the full-resolution L as guide: colour edges follow the photo's own edges).
         chroma: multiplies a*, b* (1.0 = official). Below 1 desaturates; above 1 boosts, but never past the
             sRGB gamut edge (per pixel the factor stops where a channel would clip).
+        out: optional float32 (B, H, W, 3 or 4) tensor to write into (saves a full-size copy).
 
     Returns:
         (B, H, W, 3) float32 RGB in 0..1 (4 channels if the input had alpha).
@@ -209,13 +220,17 @@ def merge_lab(images: ImagesLike, ab: Tensor, *, upsample: UpsampleMode = "neare
         raise InputImageError(f"ab: shape {tuple(ab.shape)} does not match {batch.shape[0]} image(s); expected "
                               f"({batch.shape[0]}, 2, h, w). Connect the ab output of the same Colorize run.")
     b, height, width, channels = batch.shape
-    out = torch.empty((b, height, width, 4 if channels == 4 else 3), dtype=torch.float32)
+    shape = (b, height, width, 4 if channels == 4 else 3)
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32)
+    elif tuple(out.shape) != shape or out.dtype != torch.float32 or out.device.type != "cpu":
+        raise ValueError(f"out must be a float32 CPU tensor of shape {shape}, got {tuple(out.shape)} {out.dtype}")
     out_np = out.numpy()
     tile = max(1, _TILE_PIXELS // width)
     for i in range(b):
         image = batch[i]
         ab_i = ab[i].numpy()
-        coeffs = _guided_coefficients(_rgb_numpy(image), ab_i) if upsample == "guided" else None
+        coeffs = _guided_coefficients(image, ab_i) if upsample == "guided" else None
         rows_idx = _nearest_index(ab_i.shape[1], height) if upsample == "nearest" else None
         cols_idx = _nearest_index(ab_i.shape[2], width) if upsample == "nearest" else None
         for r0 in range(0, height, tile):
@@ -275,14 +290,12 @@ def colorize(
     total, done = sum(x.shape[0] for x in batches), 0
     results = []
     for batch in batches:
-        out = None
-        for start in range(0, batch.shape[0], batch_size):
+        b, h, w, c = batch.shape
+        out = torch.empty((b, h, w, 4 if c == 4 else 3), dtype=torch.float32)
+        for start in range(0, b, batch_size):
             chunk = batch[start : start + batch_size]
             ab = predict_ab(model, prepare_input(chunk, input_size, resize_mode=resize_mode))
-            merged = merge_lab(chunk, ab, upsample=upsample, chroma=chroma)
-            if out is None:
-                out = torch.empty((batch.shape[0], *merged.shape[1:]), dtype=torch.float32)
-            out[start : start + chunk.shape[0]] = merged
+            merge_lab(chunk, ab, upsample=upsample, chroma=chroma, out=out[start : start + chunk.shape[0]])
             done += chunk.shape[0]
             if progress is not None:
                 progress(done, total)
