@@ -7,6 +7,7 @@ SPEC §4), see :mod:`ddcolor.loading`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -65,10 +66,12 @@ class _LastShuffle(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(cin, cout * 16, 1, bias=True))
 
 
+@functools.lru_cache(maxsize=12)
 def position_encoding(height: int, width: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """DETR sine position encoding, normalised to 2*pi: (H*W, dim) tokens in row-major order.
 
-    Computed in float32 (as upstream) and then cast, so fp16/bf16 models stay in their own dtype.
+    Computed in float32 (as upstream) and then cast, so fp16/bf16 models stay in their own dtype. Depends
+    only on the shape, so the last few are cached (read-only; callers must not modify the result).
     """
     half = dim // 2
     scale, eps = 2 * math.pi, 1e-6
