@@ -117,11 +117,17 @@ def _read_torch(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
+        detail = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)
+        if detail is None:  # not a forbidden object: the bytes are simply not a (complete) pickle
+            raise CheckpointError(
+                f"Cannot read '{path}' ({path.stat().st_size / 1e6:.1f} MB): it is not a PyTorch checkpoint, or it "
+                f"is corrupt. {_REDOWNLOAD}") from e
         raise CheckpointError(
             f"Refusing to load '{path}': it contains Python objects other than tensors, which could run code "
-            f"when loaded (torch.load weights_only=True rejected it: {str(e).splitlines()[0]}). Only use weights "
-            "from a source you trust; the official DDColor files load without this error.") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+            f"when loaded ({detail}). Nothing was executed. Only use weights from a source you trust; the "
+            "official DDColor files load without this error.") from e
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, AttributeError, TypeError,
+            zipfile.BadZipFile) as e:  # what a cut or garbled file makes torch.load and its unpickler raise
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "zip archive" in message or "central directory" in message or isinstance(e, EOFError) or not is_zip:
             size = path.stat().st_size
