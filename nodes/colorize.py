@@ -1,0 +1,180 @@
+"""DDColor Colorize (Lab): predicts the colour (Lab a/b) of black-and-white photos."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import comfy.model_management as mm
+import torch
+from comfy_api.latest import io
+
+from ..ddcolor.errors import DDColorError, InputImageError
+from ..ddcolor.presets import MAX_SIZE, MIN_SIZE, check_input_size
+from ._comfy import CATEGORY, DDColorAB, DDColorModel, check_interrupted, progress_bar, raise_non_oom, schema, unload
+
+logger = logging.getLogger("ComfyUI-DDColor")
+
+MAX_BATCH = 64
+# Rough peak activation memory of one 512x512 image through DDColor-large in fp32; it scales with the pixel
+# count. Only used to ask ComfyUI to make room; an underestimate is caught by the out-of-memory fallback.
+_BYTES_PER_IMAGE_AT_512 = 1.5 * 2**30
+
+
+def _activation_estimate(chunk: int, input_size: int, dtype: torch.dtype) -> int:
+    scale = (input_size / 512) ** 2 * (torch.finfo(dtype).bits / 32)
+    return int(chunk * _BYTES_PER_IMAGE_AT_512 * scale)
+
+
+def _cpu_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` on the CPU (the same object if it already is there); fp16, which the CPU runs badly, becomes fp32."""
+    param = next(net.parameters())
+    if param.device.type == "cpu" and param.dtype != torch.float16:
+        return net
+    dtype = torch.float32 if param.dtype == torch.float16 else param.dtype
+    return copy.deepcopy(net).to(device="cpu", dtype=dtype)
+
+
+def _cpu_out_of_memory(exc: RuntimeError) -> bool:
+    """PyTorch's CPU allocator failing (a plain RuntimeError, not an OutOfMemoryError)."""
+    text = str(exc)
+    return "DefaultCPUAllocator" in text or "can't allocate memory" in text
+
+
+class DDColorColorize(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="DDColorColorize",
+            display_name="DDColor Colorize (Lab)",
+            category=CATEGORY,
+            search_aliases=["colorize", "colorise", "black and white to color", "old photo", "上色", "黑白照片"],
+            description=(
+                "Colorizes black-and-white photos with DDColor. The network looks at a resized copy "
+                "(input_size) and predicts only colour (Lab a/b); ab goes to DDColor Merge L + ab, which puts "
+                "it on the full-resolution original. preview is the finished colour photo (bilinear, chroma 1). "
+                "Works through batches in chunks with a progress bar, can be cancelled between chunks, and "
+                "finishes on the CPU if the GPU runs out of memory."
+            ),
+            inputs=[
+                DDColorModel.Input("model", tooltip="From Load DDColor Model."),
+                io.Image.Input("image", tooltip="Black-and-white (or faded colour) photo(s); colour is replaced."),
+                io.Int.Input(
+                    "input_size",
+                    default=512,
+                    min=MIN_SIZE,
+                    max=MAX_SIZE,
+                    step=32,
+                    tooltip=(
+                        "Size the network works at (multiple of 32). 512 is the official setting; portraits "
+                        "480-672, buildings and landscapes 960-1280 (see DDColor Resize by Preset). Larger needs "
+                        "more memory and time."
+                    ),
+                ),
+                io.Boolean.Input(
+                    "keep_aspect",
+                    default=False,
+                    tooltip=(
+                        "Off: the network sees a square (official DDColor). On: it keeps the photo's shape "
+                        "(long side = input_size), which helps very wide or tall photos."
+                    ),
+                ),
+                io.Int.Input(
+                    "batch_size",
+                    default=4,
+                    min=1,
+                    max=MAX_BATCH,
+                    tooltip=(
+                        "Images per step. Lower it on small GPUs; it is halved automatically when memory runs out."
+                    ),
+                ),
+                io.Boolean.Input(
+                    "offload_after_run",
+                    default=False,
+                    tooltip="Move the model out of VRAM when done (frees memory for other models, reloads next run).",
+                ),
+            ],
+            outputs=[
+                DDColorAB.Output("ab", display_name="ab",
+                                 tooltip="Predicted colour (Lab a/b) at input_size, for DDColor Merge L + ab."),
+                io.Image.Output("preview", display_name="preview",
+                                tooltip="The colorized photo at full resolution (bilinear colour, chroma 1)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, input_size=None) -> bool | str:
+        # only inputs named here skip ComfyUI's own min/max checks; batch_size keeps them
+        if input_size is not None:
+            return check_input_size(input_size) or True
+        return True
+
+    @staticmethod
+    def _check_widgets(input_size: int, batch_size: int) -> None:
+        problem = check_input_size(input_size)
+        if problem:
+            raise DDColorError(problem)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+            raise DDColorError(f"batch_size = {batch_size!r} must be a whole number from 1 to {MAX_BATCH}; "
+                               "4 suits 8 GB GPUs.")
+
+    @classmethod
+    def execute(cls, model, image: torch.Tensor, input_size: int = 512, keep_aspect: bool = False,
+                batch_size: int = 4, offload_after_run: bool = False) -> io.NodeOutput:
+        from .. import ddcolor
+
+        cls._check_widgets(input_size, batch_size)
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] == 0:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise InputImageError(f"image: expected an IMAGE batch (B, H, W, C), got {shape}.")
+        patcher = model
+        total = int(image.shape[0])
+        resize_mode = "keep_aspect" if keep_aspect else "square"
+        chunk = min(int(batch_size), total)
+        dtype = next(patcher.model.parameters()).dtype
+        mm.load_models_gpu([patcher], memory_required=_activation_estimate(chunk, input_size, dtype),
+                           force_full_load=True)
+        net = patcher.model
+        on_cpu = mm.is_device_cpu(patcher.load_device)
+        bar = progress_bar(total)
+        parts: list[torch.Tensor] = []
+        start = 0
+        try:
+            while start < total:
+                check_interrupted()
+                stop = min(start + chunk, total)
+                try:
+                    model_input = ddcolor.prepare_input(image[start:stop], input_size=input_size,
+                                                        resize_mode=resize_mode)
+                    ab = ddcolor.predict_ab(net, model_input)
+                except RuntimeError as exc:
+                    if not _cpu_out_of_memory(exc):
+                        raise_non_oom(exc)
+                    model_input = None
+                    mm.soft_empty_cache()
+                    if chunk > 1:
+                        chunk = max(1, chunk // 2)
+                        logger.warning("DDColor: out of memory at input_size %d; retrying with %d image(s) per "
+                                       "step.", input_size, chunk)
+                        continue
+                    if on_cpu:
+                        raise DDColorError(
+                            f"Out of memory colorizing one image at input_size {input_size}, even on the CPU. "
+                            "Lower input_size (512 is the official setting) or close other programs."
+                        ) from exc
+                    logger.warning("DDColor: the GPU is out of memory even for one image at input_size %d; "
+                                   "finishing on the CPU (slower). Lower input_size or free VRAM to stay on the "
+                                   "GPU.", input_size)
+                    unload(patcher)
+                    net = _cpu_copy(patcher.model)
+                    on_cpu = True
+                    continue
+                parts.append(ab.detach().to("cpu", torch.float32))
+                bar.update(stop - start)
+                start = stop
+        finally:
+            if offload_after_run:
+                unload(patcher)
+        ab = torch.cat(parts, dim=0)
+        preview = ddcolor.merge_lab(image, ab, upsample="bilinear", chroma=1.0)
+        return io.NodeOutput(ab, preview)
