@@ -1,0 +1,391 @@
+"""The two bundled presets, the way a user meets them: in the graph editor of a real ComfyUI server.
+
+* the template browser's ``GET /api/workflow_templates`` lists both presets under this pack, and the files it
+  then fetches (``/api/workflow_templates/ComfyUI-DDColor/<preset>.json`` and the ``.jpg`` thumbnail) are served;
+* in the real graph-editor page (headless Debian ``chromium`` driven by Playwright), each preset is opened from
+  the template browser (Templates > EXTENSIONS > ComfyUI-DDColor > the preset's card; the frontend fetches the
+  file and loads it with its own ``app.loadGraphData``) without a missing-node / missing-model dialog, toast,
+  console error, an invalid combo value, or a widget value that moved or was reset; screenshots are kept as
+  ``artifacts/e2e/<preset>.png`` (the loaded graph), ``<preset>_with_photo.png`` and
+  ``template_browser_<preset>.png``;
+* the frontend's own ``app.graphToPrompt()`` converts it to the same prompt as its API twin in
+  ``workflows/api/``, and that prompt (model = the synthetic tiny weights, image = an uploaded photo) runs on the
+  server and writes a full-resolution colour PNG plus the before/after comparison;
+* the README's copy-paste HTTP API example runs unchanged (apart from its settings) against the server.
+
+The browser tests skip (with the reason) only when Playwright or ``/usr/bin/chromium`` is not installed;
+``scripts/setup_env.sh`` installs both. ``DDCOLOR_CHROMIUM`` points at another Chromium binary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.e2e.server import PACK_FOLDER_NAME, REPO_ROOT
+
+pytestmark = pytest.mark.e2e  # the graph-editor tests are marked ui as well
+
+PRESETS = ("ddcolor_portrait", "ddcolor_building")
+WORKFLOWS = REPO_ROOT / "workflows"
+PHOTO = REPO_ROOT / "assets" / "astronaut_bw.jpg"
+ARTIFACTS = REPO_ROOT / "artifacts" / "e2e"
+CHROMIUM = Path(os.environ.get("DDCOLOR_CHROMIUM", "/usr/bin/chromium"))
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _browser_missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright is not installed (pip install playwright; scripts/setup_env.sh installs it)"
+    if not CHROMIUM.is_file():
+        return f"{CHROMIUM} not found (Debian: apt-get install chromium; scripts/setup_env.sh installs it)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- template browser
+def test_template_browser_lists_and_serves_both_presets(comfy_server):
+    listed = comfy_server.get_json("/api/workflow_templates")
+    assert PACK_FOLDER_NAME in listed, f"the template browser does not list this pack: {listed}"
+    shipped = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    assert sorted(listed[PACK_FOLDER_NAME]) == shipped
+    assert set(PRESETS) <= set(shipped)
+    for preset in PRESETS:
+        resp = comfy_server.http.get(f"{comfy_server.url}/api/workflow_templates/{PACK_FOLDER_NAME}/{preset}.json")
+        assert resp.status_code == 200, f"{preset}.json is listed but not served (HTTP {resp.status_code})"
+        assert resp.json() == json.loads((WORKFLOWS / f"{preset}.json").read_text(encoding="utf-8"))
+        thumb = comfy_server.http.get(f"{comfy_server.url}/api/workflow_templates/{PACK_FOLDER_NAME}/{preset}.jpg")
+        assert thumb.status_code == 200, f"thumbnail {preset}.jpg not served (HTTP {thumb.status_code})"
+        assert thumb.content[:3] == b"\xff\xd8\xff", f"thumbnail {preset}.jpg is not a JPEG"
+
+
+# ---------------------------------------------------------------------------------------------- graph editor
+@pytest.fixture(scope="module")
+def browser_context():
+    reason = _browser_missing()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="ddcolor_chromium_")  # a fresh user-data-dir: no state from anywhere else
+    pw = sync_playwright().start()
+    try:
+        context = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=LAUNCH_ARGS,
+            viewport={"width": 1600, "height": 1000},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+    finally:
+        pw.stop()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+class EditorPage:
+    """One graph-editor tab; console messages are recorded, requests leaving the server are refused."""
+
+    def __init__(self, context, server):
+        self.server = server
+        self.origin = urlparse(server.url).netloc
+        self.page = context.new_page()
+        self.console: list[dict] = []
+        self.page.on("console", self._on_console)
+        self.page.on("pageerror", lambda exc: self.console.append({"type": "pageerror", "text": str(exc), "url": ""}))
+        # nothing outside the test server exists here (no internet); refuse it at once instead of waiting on DNS
+        self.page.route("**/*", self._route)
+
+    def _route(self, route):
+        if urlparse(route.request.url).netloc == self.origin or route.request.url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            route.abort()
+
+    def _on_console(self, msg):
+        self.console.append({"type": msg.type, "text": msg.text, "url": (msg.location or {}).get("url", "")})
+
+    def open(self) -> None:
+        # A ComfyUI install ships input/example.png, which LoadImage in templates (ours too) starts with; the
+        # test server's --base-directory has an empty input/ folder, so give it the same file.
+        shipped = self.server.app_dir / "input" / "example.png"
+        if shipped.is_file() and not (self.server.input_dir / "example.png").exists():
+            shutil.copyfile(shipped, self.server.input_dir / "example.png")
+        # what a user has after closing the first-run template dialog; the warnings we test are on (the default)
+        for key, value in (
+            ("Comfy.TutorialCompleted", True),
+            ("Comfy.Workflow.ShowMissingNodesWarning", True),
+            ("Comfy.Workflow.ShowMissingModelsWarning", True),
+        ):
+            resp = self.server.http.post(f"{self.server.url}/api/settings/{key}", json=value, timeout=30)
+            assert resp.status_code == 200, f"setting {key}: HTTP {resp.status_code}"
+        self.page.goto(self.server.url + "/", wait_until="domcontentloaded", timeout=120_000)
+        self.page.wait_for_function(
+            "() => window.app && window.app.graph && window.app.canvas && window.app.vueAppReady", timeout=120_000
+        )
+        self.page.wait_for_timeout(1500)
+
+    def open_template(self, preset: str, screenshot: Path | None = None) -> None:
+        """Templates (sidebar) > EXTENSIONS > ComfyUI-DDColor > click the preset's card, as a user does."""
+        self.page.evaluate(
+            "async () => { await window.app.extensionManager.command.execute('Comfy.BrowseTemplates'); }"
+        )
+        dialog = self.page.locator(".p-dialog").filter(has_text="Templates").first
+        dialog.wait_for(state="visible", timeout=30_000)
+        dialog.get_by_text(PACK_FOLDER_NAME, exact=True).first.click()  # the pack's entry under EXTENSIONS
+        card = dialog.get_by_text(preset, exact=True).first
+        card.wait_for(state="visible", timeout=30_000)
+        self.page.wait_for_timeout(1000)  # thumbnails
+        if screenshot is not None:
+            self.page.screenshot(path=str(screenshot))
+        card.click()
+        dialog.wait_for(state="hidden", timeout=30_000)
+
+    def problems_since(self, start: int) -> list[str]:
+        """Console errors/warnings logged after ``start`` (requests we refused to other hosts excepted)."""
+        found = []
+        for entry in self.console[start:]:
+            if entry["type"] not in ("error", "warning", "pageerror"):
+                continue
+            refused = (
+                entry["text"].startswith("Failed to load resource")
+                and entry["url"]
+                and (urlparse(entry["url"]).netloc != self.origin)
+            )
+            if not refused:
+                found.append(f"{entry['type']}: {entry['text'][:500]} ({entry['url']})")
+        return found
+
+    def visible_texts(self, selector: str) -> list[str]:
+        loc = self.page.locator(selector)
+        return [loc.nth(i).inner_text() for i in range(loc.count()) if loc.nth(i).is_visible()]
+
+
+@pytest.fixture
+def editor(browser_context, comfy_server):
+    page = EditorPage(browser_context, comfy_server)
+    try:
+        page.open()
+        yield page
+    finally:
+        page.page.close()
+
+
+_FIT_VIEW_JS = """
+async () => {
+    const commands = window.app.extensionManager && window.app.extensionManager.command;
+    if (commands && commands.execute) await commands.execute("Comfy.Canvas.FitView");
+    window.app.canvas.setDirty(true, true);
+}
+"""
+
+_STATE_JS = """
+() => {
+    const LG = window.LiteGraph;
+    const nodes = window.app.graph.nodes.map((n) => ({
+        id: n.id,
+        type: n.type,
+        has_errors: !!n.has_errors,
+        registered: !!(LG && LG.registered_node_types && LG.registered_node_types[n.type]),
+        widgets: (n.widgets || []).map((w) => ({
+            name: w.name,
+            type: w.type,
+            value: typeof w.value === "object" ? null : w.value,
+            options: w.options && Array.isArray(w.options.values) ? w.options.values : null,
+        })),
+    }));
+    const saved = window.app.graph.serialize().nodes.map((n) => ({id: n.id, widgets_values: n.widgets_values}));
+    return {nodes, saved};
+}
+"""
+
+_SET_WIDGET_JS = """
+async ({type, name, value}) => {
+    const nodes = window.app.graph.nodes.filter((n) => n.type === type);
+    if (!nodes.length) throw new Error(`no ${type} node in the graph`);
+    for (const node of nodes) {
+        const w = (node.widgets || []).find((x) => x.name === name);
+        if (!w) throw new Error(`${type} #${node.id} has no widget ${name}`);
+        w.value = value;
+        if (w.callback) w.callback(value);  // what picking the value in the editor does (LoadImage shows it)
+    }
+    window.app.graph.setDirtyCanvas(true, true);
+}
+"""
+
+_CONVERT_JS = "async () => (await window.app.graphToPrompt()).output"
+
+
+def _patched_api_twin(preset: str, model: str, image: str) -> dict:
+    prompt = json.loads((WORKFLOWS / "api" / f"{preset}.json").read_text(encoding="utf-8"))
+    for node in prompt.values():
+        if node["class_type"] == "DDColorModelLoader":
+            node["inputs"]["model_name"] = model
+        elif node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = image
+    return prompt
+
+
+def _core(prompt: dict) -> dict:
+    return {str(k): {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+
+
+@pytest.mark.ui
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_loads_in_graph_editor_converts_and_runs(editor, comfy_server, preset):
+    page = editor.page
+    workflow = json.loads((WORKFLOWS / f"{preset}.json").read_text(encoding="utf-8"))
+    ours = {n["type"] for n in workflow["nodes"] if n["type"].startswith("DDColor")}
+    assert ours, f"{preset}.json uses no DDColor node"
+
+    # -- open it from the template browser, as a user does ---------------------------------------------------
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    mark = len(editor.console)
+    editor.open_template(preset, screenshot=ARTIFACTS / f"template_browser_{preset}.png")
+    page.wait_for_function(
+        "(count) => window.app.graph.nodes.length === count", arg=len(workflow["nodes"]), timeout=30_000
+    )
+    page.wait_for_timeout(2500)  # missing-node / missing-model dialogs and toasts open asynchronously
+    page.evaluate(_FIT_VIEW_JS)  # the whole graph in the picture, as the "fit view" button (".") does
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / f"{preset}.png"))
+
+    dialogs = editor.visible_texts(".p-dialog")
+    assert not dialogs, f"{preset}: a dialog opened on load: {dialogs}"
+    toasts = editor.visible_texts(".p-toast-message")
+    assert not toasts, f"{preset}: a notification appeared on load: {toasts}"
+    state = page.evaluate(_STATE_JS)
+    bad = [(n["id"], n["type"]) for n in state["nodes"] if n["has_errors"] or not n["registered"]]
+    assert not bad, f"{preset}: nodes missing or in error in the editor: {bad}"
+    assert {n["type"] for n in state["nodes"]} == {n["type"] for n in workflow["nodes"]}
+
+    saved = {n["id"]: n["widgets_values"] for n in state["saved"]}
+    for node in workflow["nodes"]:
+        if "widgets_values" in node:
+            assert saved.get(node["id"]) == node["widgets_values"], (
+                f"{preset}: widget values of {node['type']} #{node['id']} changed on load: "
+                f"{node['widgets_values']} -> {saved.get(node['id'])} (widget order or defaults out of step?)"
+            )
+    for node in state["nodes"]:
+        for w in node["widgets"]:
+            if w["options"] is not None:
+                assert w["value"] in w["options"], (
+                    f"{preset}: {node['type']}.{w['name']} = {w['value']!r} is not one of {w['options']}"
+                )
+    problems = editor.problems_since(mark)
+    assert not problems, f"{preset}: console errors/warnings while loading:\n" + "\n".join(problems)
+
+    # -- convert with the frontend, the user's photo and model ----------------------------------------------
+    image_name = comfy_server.upload(PHOTO)
+    page.evaluate(_SET_WIDGET_JS, {"type": "LoadImage", "name": "image", "value": image_name})
+    page.wait_for_timeout(1500)  # the photo appears in Load Image
+    page.screenshot(path=str(ARTIFACTS / f"{preset}_with_photo.png"))
+    page.evaluate(
+        _SET_WIDGET_JS, {"type": "DDColorModelLoader", "name": "model_name", "value": comfy_server.model_name}
+    )
+    prompt = page.evaluate(_CONVERT_JS)
+    expected = _patched_api_twin(preset, comfy_server.model_name, image_name)
+    assert _core(prompt) == _core(expected), (
+        f"{preset}: the editor's graphToPrompt() differs from workflows/api/{preset}.json:\n"
+        f"editor: {json.dumps(_core(prompt), sort_keys=True)}\napi:    {json.dumps(_core(expected), sort_keys=True)}"
+    )
+    problems = editor.problems_since(mark)
+    assert not problems, f"{preset}: console errors/warnings while converting:\n" + "\n".join(problems)
+
+    # -- run it on the server -----------------------------------------------------------------------------
+    prompt_id = comfy_server.queue(prompt)
+    messages = comfy_server.wait(prompt_id, timeout=600)
+    errors = [m["data"] for m in messages if m.get("type") == "execution_error"]
+    assert not errors, f"{preset}: execution failed: {errors}"
+    entry = comfy_server.history(prompt_id)
+    assert entry.get("status", {}).get("status_str") == "success", entry.get("status")
+
+    with Image.open(PHOTO) as photo:
+        width, height = photo.size
+    by_class = {}
+    for node_id, out in entry["outputs"].items():
+        by_class.setdefault(prompt[str(node_id)]["class_type"], []).extend(out.get("images", []))
+    saved_images = by_class.get("SaveImage", [])
+    assert len(saved_images) == 1, f"{preset}: expected one saved image, got {entry['outputs']}"
+    info = saved_images[0]
+    on_disk = comfy_server.output_dir / info.get("subfolder", "") / info["filename"]
+    assert on_disk.is_file(), f"{preset}: {on_disk} was not written"
+    colour = comfy_server.view_image(info).astype(np.int16)
+    assert colour.shape == (height, width, 3), "the colorized photo must keep the photo's full resolution"
+    spread = float(np.abs(colour[..., 0] - colour[..., 1]).mean() + np.abs(colour[..., 1] - colour[..., 2]).mean())
+    assert spread > 1.0, f"{preset}: the saved image is still grey (mean channel spread {spread:.2f})"
+
+    compare_nodes = [k for k, v in prompt.items() if v["class_type"] == "DDColorCompare"]
+    assert compare_nodes, f"{preset}: no DDColor Compare node"
+    previews = [
+        img
+        for node_id, out in entry["outputs"].items()
+        if prompt[str(node_id)]["inputs"].get("images", [None])[0] in compare_nodes
+        for img in out.get("images", [])
+    ]
+    assert previews, f"{preset}: the comparison was not shown: {entry['outputs']}"
+    compare = comfy_server.view_image(previews[0])
+    mode = prompt[compare_nodes[0]]["inputs"]["mode"]
+    assert compare.shape == ((height, 2 * width, 3) if mode == "side_by_side" else (height, width, 3))
+
+
+# ---------------------------------------------------------------------------------------------- README example
+README = REPO_ROOT / "README.md"
+_EXAMPLE_MARK = "<!-- http-api-example"
+
+
+def _readme_api_example() -> str:
+    text = README.read_text(encoding="utf-8")
+    assert _EXAMPLE_MARK in text, f"README.md lost its {_EXAMPLE_MARK} block"
+    block = re.search(r"```python\n(.*?)```", text[text.index(_EXAMPLE_MARK) :], re.S)
+    assert block, "no python block after the http-api-example marker"
+    return block.group(1)
+
+
+def test_readme_http_api_example_runs(comfy_server, tmp_path):
+    code = _readme_api_example()
+    settings = {
+        "SERVER": repr(comfy_server.url),
+        "PHOTO": f"Path({str(PHOTO)!r})",
+        "WORKFLOW": f"Path({str(WORKFLOWS / 'api' / 'ddcolor_portrait.json')!r})",
+        "MODEL": repr(comfy_server.model_name),
+        "OUT": f"Path({str(tmp_path / 'colorized')!r})",
+    }
+    for name, value in settings.items():
+        code, count = re.subn(rf"^{name} = .*$", f"{name} = {value}", code, count=1, flags=re.M)
+        assert count == 1, f"the README example has no `{name} = ...` line to edit"
+    script = tmp_path / "readme_example.py"
+    script.write_text(code, encoding="utf-8")
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"README example failed:\n{result.stdout}\n{result.stderr}"
+    written = sorted((tmp_path / "colorized").glob("*.png"))
+    assert len(written) == 2, f"expected the colorized photo and the comparison, got {written}\n{result.stdout}"
+    with Image.open(PHOTO) as photo:
+        width, height = photo.size
+    sizes = sorted(Image.open(path).size for path in written)
+    assert sizes == sorted([(width, height), (2 * width, height)]), sizes
+    for path in written:
+        assert f"saved {path}" in result.stdout
