@@ -1,0 +1,522 @@
+"""The batch colorizer's client-side logic, without a server: discovery, output mapping, resume, patching, EXIF.
+
+Server behaviour (upload, queue, restart, Ctrl-C) is covered by ``tests/e2e/test_batch_cli.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tools import api_workflow as aw
+from tools import batch_jobs as bj
+from tools.batch_colorize import Progress, main
+from tools.comfy_client import format_prompt_error, history_error, normalise_url
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _img(path: Path, size=(32, 24), mode="RGB", color=(120, 60, 30), fmt=None, **save) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color if mode != "L" else 128).save(path, format=fmt, **save)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- discovery
+
+
+def test_discover_recursive_by_extension_skipping_hidden_and_output(tmp_path):
+    src = tmp_path / "album"
+    _img(src / "a.jpg")
+    _img(src / "B.JPEG", fmt="JPEG")
+    _img(src / "sub" / "deeper" / "c.png")
+    _img(src / "d.webp")
+    _img(src / "e.tif")
+    _img(src / "f.bmp")
+    (src / "notes.txt").write_text("x")
+    (src / "._a.jpg").write_bytes(b"macOS resource fork")
+    _img(src / ".hidden" / "g.png")
+    _img(src / "out" / "a.png")  # the output folder inside the input: never scanned
+    found = bj.discover([src], exclude=src / "out")
+    rels = [f.relative_to(src).as_posix() for f in found.files]
+    assert rels == ["B.JPEG", "a.jpg", "d.webp", "e.tif", "f.bmp", "sub/deeper/c.png"]
+    assert found.base == src.resolve()
+    assert [p.name for p in found.ignored] == ["notes.txt"]
+
+
+def test_discover_files_and_errors(tmp_path):
+    a = _img(tmp_path / "x" / "a.jpg")
+    b = _img(tmp_path / "y" / "b.png")
+    heic = tmp_path / "y" / "c.heic"
+    heic.write_bytes(b"not supported")
+    found = bj.discover([a, b, heic])
+    assert found.base == tmp_path.resolve()  # the common folder, so x/ and y/ are mirrored
+    assert [f.name for f in found.files] == ["a.jpg", "b.png", "c.heic"]  # named files are kept, then fail
+    with pytest.raises(bj.InputError, match="does not exist"):
+        bj.discover([tmp_path / "missing"])
+    with pytest.raises(bj.InputError):
+        bj.discover([])
+
+
+# --------------------------------------------------------------------------------------------- mapping
+
+
+def test_output_mapping_mirrors_tree_and_resolves_clashes(tmp_path):
+    base = tmp_path
+    files = [base / n for n in ("a.jpg", "a.png", "sub/b.tif", "c.compare.jpg", "c.jpg", "d.JPG")]
+    jobs = {j.rel: j for j in bj.plan_jobs(files, base)}
+    assert jobs["sub/b.tif"].out_rel == "sub/b.png"
+    assert jobs["sub/b.tif"].compare_rel == "sub/b.compare.png"
+    assert jobs["d.JPG"].out_rel == "d.png"
+    # a.jpg and a.png would both become a.png: both keep their extension
+    assert jobs["a.jpg"].out_rel == "a.jpg.png" and jobs["a.png"].out_rel == "a.png.png"
+    # c.compare.jpg -> c.compare.png would be c.jpg's comparison image
+    assert jobs["c.jpg"].out_rel != jobs["c.compare.jpg"].out_rel
+    targets = [t.lower() for j in jobs.values() for t in (j.out_rel, j.compare_rel)]
+    assert len(targets) == len(set(targets))
+    assert jobs["sub/b.tif"].out_path(tmp_path / "o") == tmp_path / "o" / "sub" / "b.png"
+
+
+def test_output_folder_equal_to_input_is_refused(tmp_path):
+    _img(tmp_path / "a.png")
+    found = bj.discover([tmp_path])
+    jobs = bj.plan_jobs(found.files, found.base)
+    with pytest.raises(bj.InputError, match="overwrite"):
+        bj.check_output_dir(tmp_path, jobs)
+    bj.check_output_dir(tmp_path / "out", jobs)
+
+
+# --------------------------------------------------------------------------------------------- resume
+
+
+def _done_job(tmp_path, compare=False):
+    src = _img(tmp_path / "in" / "sub" / "a.jpg")
+    out = tmp_path / "out"
+    job = bj.plan_jobs([src], tmp_path / "in")[0]
+    bj.write_atomic(job.out_path(out), b"result png")
+    if compare:
+        bj.write_atomic(job.compare_path(out), b"compare png")
+    manifest = bj.Manifest(out)
+    manifest.record(job, "S1", bj.sha256_file(src), src.stat(), compare)
+    manifest.save()
+    return src, out, job
+
+
+def test_resume_skips_only_unchanged_inputs_with_same_settings(tmp_path):
+    src, out, job = _done_job(tmp_path)
+    fresh = bj.Manifest(out)  # read back from disk
+    assert fresh.check_done(job, "S1", want_compare=False)[0]
+    assert not fresh.check_done(job, "S2", want_compare=False)[0], "other settings: redo"
+    assert not fresh.check_done(job, "S1", want_compare=True)[0], "comparison wanted but never made: redo"
+
+    # same bytes, new mtime (copied to another disk): still done, after checking the sha256
+    os.utime(src, ns=(1_000_000_000, 1_000_000_000))
+    done, digest = fresh.check_done(job, "S1", want_compare=False)
+    assert done and digest == bj.sha256_file(src)
+
+    # edited photo (same size, different content): redo
+    data = bytearray(src.read_bytes())
+    data[-3] ^= 0xFF
+    src.write_bytes(bytes(data))
+    assert not fresh.check_done(job, "S1", want_compare=False)[0]
+
+
+def test_resume_redoes_missing_or_changed_output(tmp_path):
+    _src, out, job = _done_job(tmp_path)
+    job.out_path(out).write_bytes(b"truncated")
+    assert not bj.Manifest(out).check_done(job, "S1", False)[0]
+    job.out_path(out).unlink()
+    assert not bj.Manifest(out).check_done(job, "S1", False)[0]
+
+
+def test_resume_with_compare(tmp_path):
+    _src, out, job = _done_job(tmp_path, compare=True)
+    assert bj.Manifest(out).check_done(job, "S1", want_compare=True)[0]
+    job.compare_path(out).unlink()
+    assert not bj.Manifest(out).check_done(job, "S1", want_compare=True)[0]
+    assert bj.Manifest(out).check_done(job, "S1", want_compare=False)[0]
+
+
+def test_unreadable_manifest_means_redo_not_crash(tmp_path, caplog):
+    _src, out, job = _done_job(tmp_path)
+    (out / bj.MANIFEST_NAME).write_text("{ not json")
+    manifest = bj.Manifest(out)
+    assert not manifest.check_done(job, "S1", False)[0]
+    assert "cannot read" in caplog.text
+
+
+def test_write_atomic_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "d" / "x.png"
+    bj.write_atomic(target, b"one")
+    bj.write_atomic(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.png"]
+    leftover = target.parent / f".x.png.123{bj.PARTIAL_SUFFIX}"
+    leftover.write_bytes(b"half")
+    assert bj.remove_partials(tmp_path) == 1
+    assert not leftover.exists() and target.exists()
+
+
+# --------------------------------------------------------------------------------------------- images
+
+
+def test_exif_orientation_is_applied_before_upload(tmp_path):
+    # stored 60x40 landscape, marker in the stored top-left; EXIF orientation 6 = "rotate 90 CW to view"
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:10, :10] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x9003] = "1950:06:01 12:00:00"  # date taken, kept on the result
+    path = tmp_path / "rot.jpg"
+    Image.fromarray(pixels).save(path, quality=95, exif=exif.tobytes())
+    prep = bj.prepare_upload(path)
+    assert prep.size == (40, 60)
+    assert prep.ext == ".png"
+    up = np.asarray(Image.open(io.BytesIO(prep.data)).convert("RGB")).astype(int)
+    assert up.shape == (60, 40, 3)
+    assert up[:8, -8:, 0].mean() > 200 and up[:8, :8, 0].mean() < 60  # marker now top-right
+    assert Image.open(io.BytesIO(prep.data)).getexif().get(0x0112, 1) == 1
+
+    # the result gets the EXIF back, with orientation reset (it is already upright)
+    server_png = io.BytesIO()
+    Image.new("RGB", prep.size, (1, 2, 3)).save(server_png, format="PNG")
+    final = Image.open(io.BytesIO(bj.finalize_output(server_png.getvalue(), prep)))
+    assert final.size == (40, 60)
+    assert final.getexif().get(0x0112) == 1
+    assert final.getexif().get(0x9003) == "1950:06:01 12:00:00"
+
+
+def test_plain_jpeg_is_uploaded_unchanged(tmp_path):
+    path = _img(tmp_path / "a.jpg", size=(50, 30))
+    prep = bj.prepare_upload(path)
+    assert prep.data == path.read_bytes() and prep.ext == ".jpg" and prep.size == (50, 30)
+    assert prep.sha256 == bj.sha256_file(path)
+    assert prep.alpha is None
+
+
+def test_rgba_alpha_is_restored_on_the_result(tmp_path):
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., 3] = np.linspace(0, 255, 30, dtype=np.uint8)[None, :]
+    path = tmp_path / "t.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    prep = bj.prepare_upload(path)
+    server_png = io.BytesIO()
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(server_png, format="PNG")
+    final = Image.open(io.BytesIO(bj.finalize_output(server_png.getvalue(), prep)))
+    assert final.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(final)[..., 3], rgba[..., 3])
+    assert tuple(np.asarray(final)[5, 5, :3]) == (10, 200, 30)
+    wrong = io.BytesIO()
+    Image.new("RGB", (10, 10)).save(wrong, format="PNG")
+    with pytest.raises(ValueError, match="transparency"):
+        bj.finalize_output(wrong.getvalue(), prep)
+
+
+def test_16bit_scan_is_scaled_not_clipped(tmp_path):
+    values = np.full((8, 8), 32768, np.uint16)  # mid grey in 16 bits
+    path = tmp_path / "scan.png"
+    Image.fromarray(values).save(path)
+    prep = bj.prepare_upload(path)
+    up = np.asarray(Image.open(io.BytesIO(prep.data)).convert("L")).astype(int)
+    assert abs(up.mean() - 128) <= 1
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0 not really a jpeg", None])
+def test_corrupt_image_names_the_file(tmp_path, content):
+    path = tmp_path / "broken.jpg"
+    if content is None:  # a real JPEG cut in half
+        _img(path, size=(200, 200))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(bj.ImageReadError, match="broken.jpg"):
+        bj.prepare_upload(path)
+
+
+def test_unsupported_extension_fails_clearly(tmp_path):
+    path = tmp_path / "photo.heic"
+    path.write_bytes(b"x")
+    with pytest.raises(bj.ImageReadError, match="unsupported file type '.heic'"):
+        bj.prepare_upload(path)
+
+
+# --------------------------------------------------------------------------------------------- workflow
+
+
+def _shuffled_preset(name="portrait") -> dict:
+    """The shipped preset with every node id changed, to prove nodes are found by class_type."""
+    wf = aw.load_workflow(aw.preset_path(name))
+    mapping = {nid: str(100 + 7 * i) for i, nid in enumerate(reversed(list(wf)))}
+    out = {}
+    for nid, node in wf.items():
+        node = json.loads(json.dumps(node))
+        for key, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                node["inputs"][key] = [mapping[value[0]], value[1]]
+        out[mapping[nid]] = node
+    return out
+
+
+def _by_class(wf: dict, cls: str) -> list[dict]:
+    return [n for n in wf.values() if n["class_type"] == cls]
+
+
+@pytest.mark.parametrize("preset", ["portrait", "building"])
+def test_presets_are_usable(preset):
+    wf, info = aw.apply_settings(aw.load_workflow(aw.preset_path(preset)), aw.Settings())
+    assert wf[info.load_id]["class_type"] == "LoadImage"
+    assert wf[info.result_id]["class_type"] == "SaveImage"
+    assert info.compare_out_id is None and not _by_class(wf, "DDColorCompare"), "comparison pruned by default"
+
+
+def test_patching_by_class_type():
+    wf = _shuffled_preset()
+    settings = aw.Settings(model="tiny.safetensors", precision="fp32", device="cpu", input_size=256,
+                           overrides=(aw.parse_override("DDColorMergeLab.chroma=1.5"),))
+    patched, info = aw.apply_settings(wf, settings)
+    loader = _by_class(patched, "DDColorModelLoader")[0]["inputs"]
+    assert (loader["model_name"], loader["precision"], loader["device"]) == ("tiny.safetensors", "fp32", "cpu")
+    resize = _by_class(patched, "DDColorResizeByPreset")[0]["inputs"]
+    assert (resize["preset"], resize["custom_size"]) == ("custom", 256)
+    assert _by_class(patched, "DDColorMergeLab")[0]["inputs"]["chroma"] == 1.5
+    assert set(patched) < set(wf)  # the comparison branch is dropped
+    one = aw.for_image(patched, info, "ddcolor_batch/abc.png", "ddcolor_batch/img_abc")
+    assert one[info.load_id]["inputs"]["image"] == "ddcolor_batch/abc.png"
+    assert one[info.result_id]["inputs"]["filename_prefix"] == "ddcolor_batch/img_abc"
+    assert patched[info.load_id]["inputs"]["image"] != "ddcolor_batch/abc.png", "for_image must copy"
+    # the settings fingerprint does not depend on the file name, but does on the settings
+    other = aw.for_image(patched, info, "ddcolor_batch/zzz.png", "p")
+    assert aw.fingerprint_view(one, info) == aw.fingerprint_view(other, info)
+    patched2, info2 = aw.apply_settings(wf, aw.Settings(model="tiny.safetensors", input_size=512))
+    assert bj.settings_hash(aw.fingerprint_view(patched, info)) != bj.settings_hash(
+        aw.fingerprint_view(patched2, info2))
+
+
+def test_compare_keeps_or_adds_an_output():
+    wf = _shuffled_preset()
+    patched, info = aw.apply_settings(wf, aw.Settings(compare=True))
+    assert patched[info.compare_out_id]["inputs"]["images"][0] == info.compare_id
+    assert patched[info.compare_id]["class_type"] == "DDColorCompare"
+    # a workflow whose comparison node has no output node gets a PreviewImage attached
+    del wf[info.compare_out_id]
+    patched, info = aw.apply_settings(wf, aw.Settings(compare=True))
+    assert patched[info.compare_out_id] == {"class_type": "PreviewImage", "inputs": {"images": [info.compare_id, 0]}}
+    no_compare = {k: v for k, v in wf.items() if v["class_type"] != "DDColorCompare"}
+    with pytest.raises(aw.WorkflowError, match="no DDColorCompare"):
+        aw.apply_settings(no_compare, aw.Settings(compare=True))
+
+
+def test_unusable_workflows_are_explained(tmp_path):
+    ui = tmp_path / "ui.json"
+    ui.write_text(json.dumps({"nodes": [], "links": [], "version": 0.4}))
+    with pytest.raises(aw.WorkflowError, match="Export \\(API\\)"):
+        aw.load_workflow(ui)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(aw.WorkflowError, match="not valid JSON"):
+        aw.load_workflow(broken)
+    wf = _shuffled_preset()
+    two = dict(wf, **{"999": {"class_type": "LoadImage", "inputs": {"image": "x.png"}}})
+    with pytest.raises(aw.WorkflowError, match="2 LoadImage"):
+        aw.analyse(two)
+    no_save = {k: v for k, v in wf.items() if v["class_type"] not in ("SaveImage", "PreviewImage")}
+    with pytest.raises(aw.WorkflowError, match="no SaveImage"):
+        aw.analyse(no_save)
+    with pytest.raises(aw.WorkflowError, match="NoSuchNode"):
+        aw.apply_settings(wf, aw.Settings(overrides=(("NoSuchNode", "x", 1),)))
+    with pytest.raises(ValueError, match="NODE.input=value"):
+        aw.parse_override("chroma=1")
+    assert aw.parse_override("DDColorMergeLab.upsample=bilinear") == ("DDColorMergeLab", "upsample", "bilinear")
+
+
+# --------------------------------------------------------------------------------------------- server answers
+
+
+def test_server_error_messages_are_readable():
+    entry = {"status": {"status_str": "error", "completed": False, "messages": [
+        ["execution_start", {"prompt_id": "p"}],
+        ["execution_error", {"node_id": "4", "node_type": "DDColorColorize", "exception_type": "RuntimeError",
+                             "exception_message": "out of memory"}]]}}
+    assert history_error(entry) == ("the server failed in DDColorColorize (node 4): RuntimeError: out of memory")
+    assert history_error({"status": {"status_str": "success", "completed": True}}) is None
+    rejected = {"error": {"message": "Prompt outputs failed validation", "details": ""},
+                "node_errors": {"2": {"class_type": "DDColorModelLoader", "errors": [
+                    {"message": "Value not in list", "details": "model_name: 'x.pth' not in ['tiny.safetensors']"}]}}}
+    text = format_prompt_error(rejected)
+    assert "DDColorModelLoader" in text and "x.pth" in text
+    assert normalise_url("127.0.0.1:8188/") == "http://127.0.0.1:8188"
+    with pytest.raises(ValueError):
+        normalise_url("ftp://host")
+
+
+def test_progress_line_counts_rate_and_eta():
+    stream = io.StringIO()
+    progress = Progress(4, stream)
+    progress.t0 -= 10.0  # 10 s elapsed
+    job = bj.Job(Path("/x/a.jpg"), "a.jpg", "a.png", "a.compare.png")
+    progress.done(job, True)
+    progress.done(job, False, "bad")
+    line = progress.line()
+    assert "2/4" in line and "0.20 img/s" in line and "ETA 10s" in line and "1 failed" in line
+    assert "a.jpg FAILED (bad)" in stream.getvalue()  # not a terminal: one line per image
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "missing"), "-o", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path), "--input-size", "500"])
+    assert exc.value.code == 2
+    assert "multiple of 32" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "empty")])
+    assert exc.value.code == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_dry_run_lists_work_without_a_server(tmp_path, capsys):
+    _img(tmp_path / "in" / "a.jpg")
+    _img(tmp_path / "in" / "s" / "b.png")
+    code = main([str(tmp_path / "in"), "--dry-run", "--server", "http://127.0.0.1:9"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "todo  a.jpg -> a.png" in out and "todo  s/b.png -> s/b.png" in out
+    assert not (tmp_path / "in_colorized").exists() or not any((tmp_path / "in_colorized").iterdir())
+
+
+@pytest.mark.parametrize("how", [["-m", "tools.batch_colorize"], ["tools/batch_colorize.py"]])
+def test_runs_as_module_and_as_script(how):
+    proc = subprocess.run([sys.executable, *how, "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--max-in-flight" in proc.stdout and "--compare" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------- runner logic
+
+
+class FakeServer:
+    """Stands in for ComfyClient: scripted history answers, records what was sent."""
+
+    def __init__(self, script):
+        self.script = list(script)  # per queued prompt: "ok", "lost", "error" or "down"
+        self.ws_connected = True
+        self.retry_timeout = 1.0
+        self.queued: list[dict] = []
+        self.answers: dict[str, dict | None] = {}
+        self.cancelled: list[str] = []
+        self.prompt_ids: list[str] = []
+
+    async def listen(self, on_event):
+        import asyncio
+
+        self.on_event = on_event
+        await asyncio.Event().wait()
+
+    async def upload_image(self, data, name, subfolder):
+        return f"{subfolder}/{name}"
+
+    async def queue_prompt(self, workflow, prompt_id):
+        from tools.comfy_client import ServerUnavailableError
+
+        what = self.script.pop(0)
+        if what == "down":
+            raise ServerUnavailableError("ComfyUI has been unreachable for 300 s")
+        self.queued.append(workflow)
+        self.prompt_ids.append(prompt_id)
+        image = next(n for n in workflow.values() if n["class_type"] == "LoadImage")["inputs"]["image"]
+        if what == "ok":
+            self.answers[prompt_id] = {"status": {"status_str": "success", "completed": True},
+                                       "outputs": {"9": {"images": [{"filename": image}]}}}
+        elif what == "error":
+            self.answers[prompt_id] = {"status": {"status_str": "error", "messages": [
+                ["execution_error", {"node_id": "4", "node_type": "DDColorColorize", "exception_type": "ValueError",
+                                     "exception_message": "boom"}]]}}
+        else:  # lost: neither queued nor in the history (the server restarted)
+            self.answers[prompt_id] = None
+        import asyncio
+
+        # what the websocket would say: finished, or (lost) a reconnection after the restart
+        event = {"type": "_connected"} if what == "lost" else {"type": "execution_success",
+                                                                "data": {"prompt_id": prompt_id}}
+        asyncio.get_running_loop().call_later(0.01, self.on_event, event)
+        return prompt_id
+
+    async def history(self, prompt_id):
+        return self.answers.get(prompt_id)
+
+    async def queued_ids(self):
+        return set()
+
+    async def view(self, image):
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 24), (200, 100, 50)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    async def cancel(self, ids):
+        self.cancelled.extend(ids)
+
+
+def _run_batch(tmp_path, script, count=2):
+    import asyncio
+
+    from tools.batch_colorize import Runner
+
+    src = tmp_path / "in"
+    for i in range(count):
+        _img(src / f"p{i}.jpg", color=(10 * i, 10 * i, 10 * i))
+    jobs = bj.plan_jobs(bj.discover([src]).files, src.resolve())
+    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "x"}},
+          "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "p"}}}
+    wf, info = aw.apply_settings(wf, aw.Settings())
+    out = tmp_path / "out"
+    server = FakeServer(script)
+    runner = Runner(server, out, wf, info, "S", bj.Manifest(out), Progress(len(jobs), io.StringIO()),
+                    max_in_flight=1)
+    asyncio.run(runner.run(jobs))
+    return runner, server, out, jobs
+
+
+def test_lost_prompt_is_sent_again(tmp_path):
+    runner, server, out, jobs = _run_batch(tmp_path, ["lost", "ok", "ok"])
+    assert [o.ok for o in runner.outcomes] == [True, True]
+    assert len(server.queued) == 3  # the first image went twice
+    # current ComfyUI accepts a client-chosen prompt_id only as a canonical lowercase hyphenated UUID
+    assert all(str(uuid.UUID(pid)) == pid for pid in server.prompt_ids) and len(set(server.prompt_ids)) == 3
+    assert all(j.out_path(out).exists() for j in jobs)
+    assert sorted(json.loads((out / bj.MANIFEST_NAME).read_text())["entries"]) == ["p0.png", "p1.png"]
+
+
+def test_server_error_fails_one_image_and_the_batch_goes_on(tmp_path):
+    runner, _server, out, jobs = _run_batch(tmp_path, ["error", "ok"])
+    assert [o.ok for o in runner.outcomes] == [False, True]
+    assert "DDColorColorize (node 4): ValueError: boom" in runner.outcomes[0].reason
+    assert not jobs[0].out_path(out).exists() and jobs[1].out_path(out).exists()
+
+
+def test_server_gone_stops_the_batch_without_marking_images_failed(tmp_path):
+    runner, _server, out, jobs = _run_batch(tmp_path, ["ok", "down"], count=3)
+    assert runner.fatal and "unreachable" in runner.fatal
+    assert [o.ok for o in runner.outcomes] == [True]  # nothing counted as failed
+    assert sorted(j.rel for j in runner.unfinished) == ["p1.jpg", "p2.jpg"]  # rerun resumes these
+
+
+def test_lost_three_times_is_a_failure(tmp_path):
+    runner, server, _out, _jobs = _run_batch(tmp_path, ["lost", "lost", "lost"], count=1)
+    assert len(server.queued) == 3 and not runner.outcomes[0].ok
+    assert "lost this image 3 times" in runner.outcomes[0].reason
