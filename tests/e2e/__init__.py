@@ -1,0 +1,1 @@
+"""End-to-end tests against a real ComfyUI server (see ``tests/e2e/server.py``)."""
