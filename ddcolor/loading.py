@@ -9,9 +9,9 @@ Spectral norm: the eight spectral-normalised convolutions are stored as ``weight
 stored u, v (no power iteration). That weight is computed once here, in float32, and loaded as a plain conv
 ``weight``; the network never carries the u/v buffers.
 
-Memory: ``.pth``/``.pt``/``.bin`` are opened with ``torch.load(mmap=True, weights_only=True)`` and
-``.safetensors`` through a private memory map, and the tensors are assigned to the model without a copy, so
-loading needs about one copy of the weights (a dtype or device change converts tensor by tensor).
+Memory: ``torch.load(weights_only=True)`` and the safetensors reader read each tensor from the file into its
+own buffer, and the model (built on the meta device) takes those tensors over (``assign=True``) without a
+copy, so loading needs about one copy of the weights (a dtype or device change converts tensor by tensor).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def resolve_weights_file(path: str | Path) -> tuple[Path, dict | None]:
 
 
 def _read_safetensors(path: Path) -> StateDict:
-    """Tensors of a safetensors file as views of one private memory map (no copy of the data)."""
+    """Tensors of a safetensors file, each read straight from the file into its own buffer (no second copy)."""
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(8)
@@ -88,34 +88,35 @@ def _read_safetensors(path: Path) -> StateDict:
             header = json.loads(fh.read(header_len))
         except ValueError as e:
             raise CheckpointError(f"'{path}' has a corrupt .safetensors header ({e}). {_REDOWNLOAD}") from e
-    header.pop("__metadata__", None)
-    data_start = 8 + header_len
-    end = max((info["data_offsets"][1] for info in header.values()), default=0)
-    if data_start + end > size:
-        raise CheckpointError(f"'{path}' is truncated: the header describes {data_start + end} bytes but the file "
-                              f"has {size}. The download was incomplete. {_REDOWNLOAD}")
-    raw = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
-    tensors: StateDict = {}
-    for key, info in header.items():
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise CheckpointError(f"'{path}': tensor {key!r} has unsupported dtype {info['dtype']}.")
-        begin, stop = (data_start + o for o in info["data_offsets"])
-        chunk = raw[begin:stop]
-        item = torch.empty((), dtype=dtype).element_size()
-        if begin % item:  # views need aligned storage offsets; only tiny int64 counters hit this
-            chunk = chunk.clone()
-        shape = info["shape"]
-        if math.prod(shape) * item != stop - begin:
-            raise CheckpointError(f"'{path}': tensor {key!r} has {stop - begin} bytes for shape {shape}.")
-        tensors[key] = chunk.view(dtype).view(shape)
+        header.pop("__metadata__", None)
+        data_start = 8 + header_len
+        end = max((info["data_offsets"][1] for info in header.values()), default=0)
+        if data_start + end > size:
+            raise CheckpointError(f"'{path}' is truncated: the header describes {data_start + end} bytes but the "
+                                  f"file has {size}. The download was incomplete. {_REDOWNLOAD}")
+        tensors: StateDict = {}
+        for key, info in header.items():
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise CheckpointError(f"'{path}': tensor {key!r} has unsupported dtype {info['dtype']}.")
+            begin, stop = info["data_offsets"]
+            shape = info["shape"]
+            if math.prod(shape) * torch.empty((), dtype=dtype).element_size() != stop - begin:
+                raise CheckpointError(f"'{path}': tensor {key!r} has {stop - begin} bytes for shape {shape}.")
+            raw = torch.empty(stop - begin, dtype=torch.uint8)
+            fh.seek(data_start + begin)
+            if fh.readinto(memoryview(raw.numpy())) != stop - begin:
+                raise CheckpointError(f"'{path}' ended early while reading {key!r}. {_REDOWNLOAD}")
+            tensors[key] = raw.view(dtype).reshape(shape)
     return tensors
 
 
 def _read_torch(path: Path) -> object:
     is_zip = zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        # no mmap: file-backed weights can be evicted under memory pressure and re-read from disk every run;
+        # torch.load reads one storage at a time into its own buffer, so the peak stays at one copy
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         detail = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)
         if detail is None:  # not a forbidden object: the bytes are simply not a (complete) pickle
