@@ -54,7 +54,8 @@ class UnetBlockWide(nn.Module):
         up = self.shuf(x)
         if up.shape[-2:] != skip.shape[-2:]:  # only for input sides that are not multiples of 32
             up = F.interpolate(up, size=skip.shape[-2:], mode="nearest")
-        return self.conv(F.relu(torch.cat([up, self.bn(skip)], dim=1)))
+        # up is already >= 0 (a blur of a ReLU output), so the ReLU of the concatenation only acts on the skip
+        return self.conv(torch.cat([up, F.relu(self.bn(skip))], dim=1))
 
 
 class _LastShuffle(nn.Module):
