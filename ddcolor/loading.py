@@ -208,14 +208,18 @@ def _check_layout(state: StateDict, layout: dict[str, tuple[int, ...]], source: 
 
 
 def fold_spectral_norm(state: StateDict, names: list[str]) -> StateDict:
-    """Replace ``weight_orig/u/v`` by the eval-mode ``weight = weight_orig / (u . W v)`` (float32)."""
+    """Replace ``weight_orig/u/v`` by the eval-mode ``weight = weight_orig / (u . W v)``.
+
+    sigma is computed in float64, so the result does not depend on which BLAS kernel (or memory alignment)
+    a float32 dot product would get; it differs from upstream's float32 sigma by ~1e-7 relative.
+    """
     out = dict(state)
     for name in names:
         w = out.pop(f"{name}.weight_orig")
-        u = out.pop(f"{name}.weight_u").float()
-        v = out.pop(f"{name}.weight_v").float()
-        sigma = torch.dot(u, torch.mv(w.float().reshape(w.shape[0], -1), v))
-        out[f"{name}.weight"] = (w.float() / sigma).to(w.dtype)
+        u = out.pop(f"{name}.weight_u").double()
+        v = out.pop(f"{name}.weight_v").double()
+        sigma = torch.dot(u, torch.mv(w.double().reshape(w.shape[0], -1), v))
+        out[f"{name}.weight"] = (w.double() / sigma).to(w.dtype)
     return out
 
 

@@ -75,7 +75,9 @@ def validate_images(images: ImagesLike, name: str = "images") -> Tensor:
     images = images.detach().to("cpu", torch.float32)
     low, high = torch.aminmax(images)  # reductions propagate NaN/inf without a full-size temporary
     if not (math.isfinite(float(low)) and math.isfinite(float(high))):
-        raise _fail(name, "contains NaN or infinite values", "Fix the node that produced the image.")
+        bad = (~torch.isfinite(images.flatten(1)).all(dim=1)).nonzero().flatten().tolist()
+        where = f"{name}[{bad[0]}]" if images.shape[0] > 1 else name
+        raise _fail(where, "contains NaN or infinite values", "Fix the node that produced the image.")
     return images
 
 
@@ -87,8 +89,10 @@ def _rgb_numpy(image: Tensor) -> np.ndarray:
 
 
 def _resized_rgb(image: Tensor, size_wh: tuple[int, int], interpolation: int) -> np.ndarray:
-    """Resize an (H, W, C) image to (h, w, 3) RGB clipped to 0..1, without a full-resolution copy."""
+    """Clip an (H, W, C) image to 0..1 and resize it to (h, w, 3) RGB (no full-size copy when already in range)."""
     arr = image.numpy()
+    if arr.min() < 0.0 or arr.max() > 1.0:
+        arr = np.clip(arr, 0.0, 1.0)
     small = cv2.resize(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr), size_wh,
                        interpolation=interpolation)
     return _rgb_numpy(torch.from_numpy(small.reshape(size_wh[1], size_wh[0], -1)))
@@ -286,6 +290,8 @@ def colorize(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise InputImageError("images: the list is empty. Pass at least one image.")
     batches = [validate_images(item, f"images[{n}]" if len(items) > 1 else "images") for n, item in enumerate(items)]
     total, done = sum(x.shape[0] for x in batches), 0
     results = []
