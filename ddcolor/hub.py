@@ -43,25 +43,26 @@ class OfficialModel:
     variant: str
     """``"large"`` (ConvNeXt-L encoder) or ``"tiny"`` (ConvNeXt-T)."""
     approx_size_mb: int
+    """Published size in MB (10^6 bytes): 912 for the ConvNeXt-L files, about 220 for the tiny one."""
     description: str
     repo_id: str = HF_REPO
 
     @property
     def min_size_bytes(self) -> int:
         """A complete file is never smaller than this (90 % of the published size)."""
-        return int(self.approx_size_mb * 0.90 * 1024 * 1024)
+        return int(self.approx_size_mb * 0.90 * 1_000_000)
 
 
 OFFICIAL_MODELS: dict[str, OfficialModel] = {
     m.filename: m
     for m in (
         OfficialModel(
-            "ddcolor_modelscope.pth", "large", 870,
+            "ddcolor_modelscope.pth", "large", 912,
             "ModelScope release: the most natural colours for old photos (recommended).",
         ),
-        OfficialModel("ddcolor_paper.pth", "large", 870, "The ICCV 2023 paper model, trained on ImageNet."),
-        OfficialModel("ddcolor_artistic.pth", "large", 870, "More vivid, saturated colours (extra training data)."),
-        OfficialModel("ddcolor_paper_tiny.pth", "tiny", 210, "Small ConvNeXt-T model: fastest, for CPU or low VRAM."),
+        OfficialModel("ddcolor_paper.pth", "large", 912, "The ICCV 2023 paper model, trained on ImageNet."),
+        OfficialModel("ddcolor_artistic.pth", "large", 912, "More vivid, saturated colours (extra training data)."),
+        OfficialModel("ddcolor_paper_tiny.pth", "tiny", 220, "Small ConvNeXt-T model: fastest, for CPU or low VRAM."),
     )
 }
 """Official checkpoint name -> :class:`OfficialModel`."""

@@ -122,7 +122,7 @@ def weights_help(model: str, models_dir: Path | None, reason: str) -> str:
         ]
     lines += [
         "  3. a file that is truncated or corrupt must be deleted and downloaded again.",
-        "Smaller official model (210 MB, fast on CPU): --model ddcolor_paper_tiny.pth",
+        "Smaller official model (about 220 MB, fast on CPU): --model ddcolor_paper_tiny.pth",
     ]
     return "\n".join(lines)
 
