@@ -136,6 +136,11 @@ def test_list_of_sizes_returns_same_sizes(tiny):
     assert seen[-1] == (4, 4)
 
 
+# measured on the synthetic tiny weights at 64 px (fixture photo): bf16 mean 0.69 / max 1.56,
+# fp16 mean 0.046 / max 0.18 (|dab|; ab spans about -25..60). At 256 px bf16 is mean 0.17 / max 0.96.
+HALF_TOLERANCE = {torch.bfloat16: (1.0, 3.0), torch.float16: (0.1, 0.5)}
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_close_to_fp32(tiny_weights, dtype):
     """The official code cannot run fp16 at all; ours runs end to end in the dtype asked for."""
@@ -147,8 +152,8 @@ def test_half_precision_close_to_fp32(tiny_weights, dtype):
     ab16 = ddcolor.predict_ab(half, x)
     assert ab16.dtype == torch.float32 and torch.isfinite(ab16).all()
     diff = (ab16 - ab32).abs()
-    # measured on the synthetic tiny weights at 64 px: bf16 max ~1.7 / mean ~0.3, fp16 far lower
-    assert diff.mean() < 0.5 and diff.max() < 4.0, (float(diff.mean()), float(diff.max()))
+    mean_tol, max_tol = HALF_TOLERANCE[dtype]
+    assert diff.mean() < mean_tol and diff.max() < max_tol, (float(diff.mean()), float(diff.max()))
 
 
 _MEMORY_PROBE = """
