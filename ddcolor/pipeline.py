@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -32,7 +32,7 @@ ResizeMode = Literal["square", "keep_aspect"]
 UpsampleMode = Literal["nearest", "bilinear", "guided"]
 RESIZE_MODES: tuple[str, ...] = ("square", "keep_aspect")
 UPSAMPLE_MODES: tuple[str, ...] = ("nearest", "bilinear", "guided")
-ImagesLike = Union[Tensor, np.ndarray]
+ImagesLike = Tensor | np.ndarray
 
 _TILE_PIXELS = 1 << 20
 _GUIDED_RADIUS = 2  # box radius at the prediction's resolution

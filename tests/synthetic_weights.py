@@ -80,7 +80,7 @@ def _tensor(key: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
 def _spectral_u(weight_orig: np.ndarray, weight_v: np.ndarray) -> np.ndarray:
     w = weight_orig.astype(np.float64).reshape(weight_orig.shape[0], -1)
     v = weight_v.astype(np.float64).tolist()
-    t = np.array([math.fsum(a * b for a, b in zip(row.tolist(), v)) for row in w])
+    t = np.array([math.fsum(a * b for a, b in zip(row.tolist(), v, strict=True)) for row in w])
     return (t / _exact_norm(t)).astype(np.float32)
 
 
@@ -91,7 +91,7 @@ def make_state_dict(variant: str) -> dict[str, np.ndarray]:
     for key, shape, dtype in entries:
         if not key.endswith(".weight_u"):
             made[key] = _tensor(key, tuple(shape), dtype)
-    for key, shape, _dtype in entries:
+    for key, _shape, _dtype in entries:
         if key.endswith(".weight_u"):
             base = key[: -len("_u")]
             made[key] = _spectral_u(made[base + "_orig"], made[base + "_v"])

@@ -62,7 +62,7 @@ def test_keep_aspect_does_not_stretch(tiny):
     out = ddcolor.colorize(tiny, image, input_size=256, resize_mode="keep_aspect")
     official = ddcolor.colorize(tiny, image, input_size=256)
     assert out.shape == official.shape == (1, 220, 300, 3)
-    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     assert torch.abs(out - official).mean() > 1e-3  # a different (unstretched) prediction
 
 
@@ -99,7 +99,7 @@ def test_chroma_scales_saturation_and_stays_in_gamut(tiny):
     assert 0.4 < np.median(c_half) / np.median(c_base) < 0.6
     assert np.median(c_boost) > 1.2 * np.median(c_base)
     for out in (half, grey, boost):
-        assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
 def test_chroma_boost_never_leaves_gamut():

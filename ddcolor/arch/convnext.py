@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._ops import linear_act
+
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of a (B, C, H, W) tensor (the official "channels_first" LayerNorm).
@@ -27,20 +29,19 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class ConvNeXtBlock(nn.Module):
-    """dwconv 7x7 -> LayerNorm -> Linear(C, 4C) -> GELU -> Linear(4C, C) -> layer scale, plus the residual."""
+    """dwconv 7x7 -> LayerNorm -> Linear(C, 4C) -> GELU (erf) -> Linear(4C, C) -> layer scale, + residual."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.act = nn.GELU()  # exact erf form (SPEC §4)
         self.pwconv2 = nn.Linear(4 * dim, dim)
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) channels_last
         y = self.dwconv(x).permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
-        y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        y = self.pwconv2(linear_act(self.norm(y), self.pwconv1.weight, self.pwconv1.bias, "gelu"))
         y = y * self.gamma
         return x + y.permute(0, 3, 1, 2)
 
@@ -66,7 +67,9 @@ class ConvNeXt(nn.Module):
                     LayerNorm2d(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dims[i], kernel_size=2, stride=2)
                 )
             )
-        self.stages = nn.ModuleList(nn.Sequential(*[ConvNeXtBlock(dims[i]) for _ in range(depths[i])]) for i in range(4))
+        self.stages = nn.ModuleList(
+            nn.Sequential(*[ConvNeXtBlock(dims[i]) for _ in range(depths[i])]) for i in range(4)
+        )
         for i in range(4):
             self.add_module(f"norm{i}", LayerNorm2d(dims[i], eps=1e-6))
         # Final pooled LayerNorm of the classification backbone: present in every checkpoint, its output is

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import DDColorConfig
+from ._ops import linear_act
 from .convnext import ImageEncoder
 from .decoder import DuelDecoder, blur_2x2
 
@@ -75,7 +76,7 @@ class DDColor(nn.Module):
         rows = max(1, _FUSED_CHUNK_BYTES // max(1, b * w * 16 * hidden * feat.element_size()))
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
-            y = F.linear(x[:, r0:r1], weight, bias).relu_()  # (B, r, w, 16 * hidden)
+            y = linear_act(x[:, r0:r1], weight, bias, "relu")  # (B, r, w, 16 * hidden)
             z = torch.matmul(y.view(b, -1, hidden), mix_t)  # (B, r * w * 16, O)
             z = z.view(b, r1 - r0, w, 4, 4, out_ch).permute(0, 5, 1, 3, 2, 4)  # (B, O, r, i, w, j)
             out[:, :, r0 * 4 : r1 * 4] = z.reshape(b, out_ch, (r1 - r0) * 4, w * 4)

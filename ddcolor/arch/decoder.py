@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._ops import linear_act
+
 
 def blur_2x2(x: Tensor) -> Tensor:
     """Replicate-pad one row on top and one column on the left, then a 2x2 mean with stride 1.
@@ -48,7 +50,9 @@ class UnetBlockWide(nn.Module):
         super().__init__()
         self.shuf = _PixelShuffleUp(up_in, out)
         self.bn = nn.BatchNorm2d(skip_in)
-        self.conv = nn.Sequential(nn.Conv2d(out + skip_in, out, 3, padding=1, bias=False), nn.ReLU(), nn.BatchNorm2d(out))
+        self.conv = nn.Sequential(
+            nn.Conv2d(out + skip_in, out, 3, padding=1, bias=False), nn.ReLU(), nn.BatchNorm2d(out)
+        )
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         up = self.shuf(x)
@@ -142,7 +146,7 @@ class _FFNLayer(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tgt: Tensor) -> Tensor:
-        return self.norm(tgt + self.linear2(F.relu(self.linear1(tgt))))
+        return self.norm(tgt + self.linear2(linear_act(tgt, self.linear1.weight, self.linear1.bias, "relu")))
 
 
 class _MLP(nn.Module):
@@ -151,9 +155,9 @@ class _MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
 
     def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
-        return x
+        for layer in self.layers[:-1]:
+            x = linear_act(x, layer.weight, layer.bias, "relu")
+        return self.layers[-1](x)
 
 
 class MultiScaleColorDecoder(nn.Module):
@@ -193,7 +197,7 @@ class MultiScaleColorDecoder(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(0)
         for i, (cross, self_attn, ffn) in enumerate(zip(self.transformer_cross_attention_layers,
                                                          self.transformer_self_attention_layers,
-                                                         self.transformer_ffn_layers)):
+                                                         self.transformer_ffn_layers, strict=True)):
             level = i % self.num_scales
             tgt = cross(tgt, query_pos, memories[level], keys[level])
             tgt = self_attn(tgt, query_pos)
