@@ -53,7 +53,9 @@ PYEOF
 }
 
 install_chromium() {
-    if [ -x /usr/bin/chromium ]; then
+    # the CJK font makes the zh locale readable in UI screenshots; both are checked, either may be missing
+    if [ -x /usr/bin/chromium ] && { ! command -v dpkg-query >/dev/null 2>&1 \
+        || dpkg-query -W -f='${Status}' fonts-wqy-microhei 2>/dev/null | grep -q 'ok installed'; }; then
         return 0
     fi
     if [ "${DDCOLOR_SKIP_CHROMIUM:-0}" = 1 ]; then
