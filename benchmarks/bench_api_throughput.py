@@ -102,10 +102,10 @@ def main() -> int:
                 parser.error("--server needs --model (name on the server) and --weights (same file, local)")
             url, model, weights = args.server, args.model, args.weights
         else:
-            from tests.conftest import synthetic_weights
             from tests.e2e.server import ComfyServer
+            from tests.synthetic_weights import cached_weights
 
-            weights = synthetic_weights("tiny")
+            weights = cached_weights("tiny")
             server = ComfyServer(work / "comfy", weights)
             sys.stderr.write("starting a ComfyUI server (about a minute)...\n")
             server.start()

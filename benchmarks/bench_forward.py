@@ -21,7 +21,6 @@ floor = nominal FLOPs / this machine's fp32 GEMM rate (4096³ matmul, median, me
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -35,7 +34,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "tests" / "data"
 FIXTURES = DATA_DIR / "fixtures"
-WEIGHTS_DIR = Path(os.environ.get("DDCOLOR_TEST_WEIGHTS", REPO_ROOT / "tests" / ".weights"))
 
 # Nominal forward GFLOPs of the official network (FlopCounterMode, conv + addmm + bmm; SPEC §2).
 SPEC_GFLOPS = {("tiny", 512): 193.0, ("tiny", 256): 50.3, ("large", 512): 524.4, ("large", 256): 133.2}
@@ -45,29 +43,12 @@ IMPLS = ("ours", "baseline")
 # ------------------------------------------------------------------------------------------------ shared
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_path(variant: str) -> Path:
     """The cached synthetic weights (same file and cache as the tests), generated if missing or stale."""
     sys.path.insert(0, str(REPO_ROOT))
-    from tests.synthetic_weights import write_safetensors
+    from tests.synthetic_weights import cached_weights
 
-    expected = json.loads((DATA_DIR / f"weights_checksums_{variant}.json").read_text())["file_sha256"]
-    path = WEIGHTS_DIR / f"ddcolor_synthetic_{variant}.safetensors"
-    if not path.exists() or _sha256(path) != expected:
-        tmp = path.with_suffix(".tmp")
-        write_safetensors(variant, tmp)
-        if _sha256(tmp) != expected:
-            tmp.unlink()
-            raise SystemExit(f"synthetic {variant} weights do not match the published sha256 {expected}")
-        tmp.replace(path)
-    return path
+    return cached_weights(variant)
 
 
 def _rss_bytes() -> int:

@@ -13,14 +13,18 @@ Usage as a script::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
+# where generated weights are kept between runs (git ignores it); tests and benchmarks share it
+WEIGHTS_CACHE = Path(os.environ.get("DDCOLOR_TEST_WEIGHTS", Path(__file__).resolve().parent / ".weights"))
 VARIANTS = ("tiny", "large")
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -115,6 +119,29 @@ def write_safetensors(variant: str, path: str | Path) -> Path:
         str(path),
         metadata={"scheme": f"ddcolor-synthetic-v1/{variant}"},
     )
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_weights(variant: str) -> Path:
+    """Path of the synthetic ``variant`` weights in WEIGHTS_CACHE, generated once and checked against the
+    published sha256 (a stale or damaged cached file is regenerated)."""
+    expected = json.loads((DATA_DIR / f"weights_checksums_{variant}.json").read_text())["file_sha256"]
+    path = WEIGHTS_CACHE / f"ddcolor_synthetic_{variant}.safetensors"
+    if not path.exists() or file_sha256(path) != expected:
+        tmp = path.with_suffix(".tmp")
+        write_safetensors(variant, tmp)
+        if file_sha256(tmp) != expected:
+            tmp.unlink()
+            raise AssertionError(f"synthetic {variant} weights do not match the published sha256 {expected}")
+        tmp.replace(path)
     return path
 
 
