@@ -11,8 +11,8 @@ photo (300×220). Reported: medians, steady RSS after loading, process peak RSS,
 nominal FLOPs of the official network (SPEC §2/§10 numbers, or counted with ``--count-flops``), and the
 floor = nominal FLOPs / this machine's fp32 GEMM rate (4096³ matmul, median, measured in the same run).
 
-    /work/venv/bin/python benchmarks/bench_forward.py                      # tiny + large, 256 + 512
-    /work/venv/bin/python benchmarks/bench_forward.py --variants tiny --sizes 256 --repeats 3 --check
+    .venv/bin/python benchmarks/bench_forward.py                      # tiny + large, 256 + 512
+    .venv/bin/python benchmarks/bench_forward.py --variants tiny --sizes 256 --repeats 3 --check
 
 ``--check`` also prints max/mean |Δab| of our forward vs the baseline's and vs the official fixtures
 ``ab_<variant>_<S>.npy`` (SPEC §9 acceptance for the network alone: max ≤ 2e-3, mean ≤ 1e-4).
