@@ -399,6 +399,48 @@ def test_dry_run_lists_work_without_a_server(tmp_path, capsys):
     assert not (tmp_path / "in_colorized").exists() or not any((tmp_path / "in_colorized").iterdir())
 
 
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from tools.batch_jobs import OutputLock
+with OutputLock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_run_into_the_same_output_folder_is_refused_until_the_first_ends(tmp_path, capsys):
+    _img(tmp_path / "in" / "a.jpg")
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        # the lock is checked before anything is sent: the server address does not matter
+        with pytest.raises(SystemExit) as exc:
+            main([str(tmp_path / "in"), "-o", str(out), "--server", "http://127.0.0.1:9"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"another batch_colorize run (process {holder.pid}) is writing to {out}" in err
+        assert "-o" in err
+        # looking is still allowed while the other run writes
+        assert main([str(tmp_path / "in"), "-o", str(out), "--dry-run"]) == 0
+        assert "todo  a.jpg -> a.png" in capsys.readouterr().out
+    finally:
+        holder.kill()  # a killed run (no clean-up of its own) must not block the next one
+        holder.wait(timeout=30)
+    with bj.OutputLock(out) as lock:
+        assert lock.path.read_text() == str(os.getpid())
+    with bj.OutputLock(out):  # and it is released again on exit
+        pass
+
+
+def test_output_lock_is_exclusive_within_one_process(tmp_path):
+    with bj.OutputLock(tmp_path), pytest.raises(bj.InputError, match="another batch_colorize run"):
+        bj.OutputLock(tmp_path).acquire()
+    assert not any(p.name.endswith(bj.PARTIAL_SUFFIX) for p in tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("how", [["-m", "tools.batch_colorize"], ["tools/batch_colorize.py"]])
 def test_runs_as_module_and_as_script(how):
     proc = subprocess.run([sys.executable, *how, "--help"], cwd=REPO_ROOT, capture_output=True, text=True,

@@ -8,7 +8,8 @@ Usage (from the ComfyUI-DDColor folder, with ComfyUI's Python)::
 Every image under PHOTOS (jpg, jpeg, png, webp, tif, tiff, bmp; sub-folders included) is uploaded, colorized
 by the workflow and saved as ``OUT/<same sub-folder>/<name>.png``. Run the same command again after a crash,
 Ctrl-C or a server restart: finished images are skipped (``OUT/.ddcolor-batch.json`` records what was made
-from what), so at most the images that were in flight are redone.
+from what), so at most the images that were in flight are redone. One run writes to OUT at a time
+(``OUT/.ddcolor-batch.lock``): a second run on the same OUT exits with status 2 and says so.
 
 Uploads go to the server's ``input/ddcolor_batch/`` (named by content hash, so a rerun or a second run with the
 same photos does not upload duplicates) and the server keeps its own copy of each result under
@@ -56,6 +57,7 @@ from tools.batch_jobs import (  # noqa: E402
     InputError,
     Job,
     Manifest,
+    OutputLock,
     check_output_dir,
     discover,
     finalize_output,
@@ -527,8 +529,23 @@ class Plan:
     manifest: Manifest
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
-    """Everything decided before talking to the server (raises InputError / WorkflowError / ValueError)."""
+def output_dir(args: argparse.Namespace) -> Path:
+    """``-o``, or ``<input folder>_colorized`` beside a single input folder."""
+    out_dir = args.output
+    if out_dir is None:
+        first = Path(args.inputs[0]).expanduser()
+        if len(args.inputs) != 1 or not first.is_dir():
+            raise InputError("name an output folder with -o when the input is not a single folder")
+        out_dir = first.resolve().parent / f"{first.resolve().name}_colorized"
+    return out_dir.expanduser().resolve()
+
+
+def make_plan(args: argparse.Namespace, hold: contextlib.ExitStack | None = None) -> Plan:
+    """Everything decided before talking to the server (raises InputError / WorkflowError / ValueError).
+
+    With ``hold``, the output folder's :class:`OutputLock` is taken before its manifest is read and stays
+    held until ``hold`` closes.
+    """
     wf_path = args.workflow if args.workflow is not None else preset_path(args.preset)
     workflow = load_workflow(wf_path)
     overrides = tuple(parse_override(text) for text in args.overrides)
@@ -538,18 +555,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
     plain, plain_info = apply_settings(workflow, Settings(**{**settings.__dict__, "compare": False}), wf_path.name)
     settings_id = settings_hash({"tool": TOOL_FORMAT, "workflow": fingerprint_view(plain, plain_info)})
 
-    first = Path(args.inputs[0]).expanduser()
-    out_dir = args.output
-    if out_dir is None:
-        if len(args.inputs) != 1 or not first.is_dir():
-            raise InputError("name an output folder with -o when the input is not a single folder")
-        out_dir = first.resolve().parent / f"{first.resolve().name}_colorized"
-    out_dir = out_dir.expanduser().resolve()
+    out_dir = output_dir(args)
     found = discover(args.inputs, exclude=out_dir)
     if not found.files:
         raise InputError(f"no images found in {', '.join(args.inputs)} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     jobs = plan_jobs(found.files, found.base)
     check_output_dir(out_dir, jobs)
+    if hold is not None:
+        hold.enter_context(OutputLock(out_dir))
     manifest = Manifest(out_dir)
     todo, skipped = [], []
     for job in jobs:
@@ -640,18 +653,25 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s",
                         stream=sys.stderr)
-    try:
-        args.server = normalise_url(args.server)
-        plan = make_plan(args)
-    except (InputError, WorkflowError, ValueError, OSError) as exc:
-        parser.exit(EXIT_USAGE, f"error: {exc}\n")
-    if args.dry_run:
-        for job in plan.todo:
-            sys.stdout.write(f"todo  {job.rel} -> {job.out_rel}\n")
-        for job in plan.skipped:
-            sys.stdout.write(f"done  {job.rel} -> {job.out_rel}\n")
-        sys.stdout.write(f"{len(plan.todo)} to colorize, {len(plan.skipped)} already done (dry run, nothing sent)\n")
-        return EXIT_OK
+    with contextlib.ExitStack() as stack:
+        try:
+            args.server = normalise_url(args.server)
+            # a dry run only reads; a real run holds the output folder's lock until it ends, however it ends
+            plan = make_plan(args, hold=None if args.dry_run else stack)
+        except (InputError, WorkflowError, ValueError, OSError) as exc:
+            parser.exit(EXIT_USAGE, f"error: {exc}\n")
+        if args.dry_run:
+            for job in plan.todo:
+                sys.stdout.write(f"todo  {job.rel} -> {job.out_rel}\n")
+            for job in plan.skipped:
+                sys.stdout.write(f"done  {job.rel} -> {job.out_rel}\n")
+            sys.stdout.write(f"{len(plan.todo)} to colorize, {len(plan.skipped)} already done "
+                             f"(dry run, nothing sent)\n")
+            return EXIT_OK
+        return _colorize(args, plan)
+
+
+def _colorize(args: argparse.Namespace, plan: Plan) -> int:
     removed = remove_partials(plan.out_dir)
     if removed:
         log.warning("removed %d unfinished temporary file(s) left in %s by an interrupted run", removed, plan.out_dir)

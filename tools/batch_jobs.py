@@ -9,7 +9,8 @@ Nothing here talks to the server, so all of it is unit-tested without one:
 * :func:`prepare_upload` decodes an image, applies its EXIF orientation and returns the bytes to upload;
 * :func:`finalize_output` puts the input's alpha channel and EXIF (date taken, camera) back on the result;
 * :func:`write_atomic` writes through a temporary file and ``os.replace`` so no half-written file is ever left
-  under the final name.
+  under the final name;
+* :class:`OutputLock` keeps a second run from writing into the same output folder at the same time.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ log = logging.getLogger("ComfyUI-DDColor.batch")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 MANIFEST_NAME = ".ddcolor-batch.json"
+LOCK_NAME = ".ddcolor-batch.lock"
 MANIFEST_VERSION = 1
 PARTIAL_SUFFIX = ".ddcolor-partial"
 COMPARE_SUFFIX = ".compare.png"
@@ -308,6 +310,65 @@ def remove_partials(out_dir: Path) -> int:
                 except OSError as exc:
                     log.warning("cannot remove leftover temporary file %s: %s", Path(root) / name, exc)
     return count
+
+
+class OutputLock:
+    """An exclusive lock on ``OUT/.ddcolor-batch.lock`` for the whole run.
+
+    Two runs writing into one folder would delete each other's temporary files (:func:`remove_partials`) and
+    overwrite each other's manifest, so the second one is refused with :class:`InputError`. The operating
+    system drops the lock when the process ends, however it ends, so a crashed run never blocks the next one.
+    The (empty but for a pid) lock file stays; it is hidden and harmless.
+    """
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / LOCK_NAME
+        self._fh = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+b")  # noqa: SIM115 - kept open for the whole run: the open file holds the lock
+        try:
+            _lock_nonblocking(fh)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read(32).decode("ascii", "replace").strip()
+            fh.close()
+            who = f" (process {holder})" if holder.isdigit() else ""
+            raise InputError(
+                f"another batch_colorize run{who} is writing to {self.path.parent}; wait for it to finish, "
+                f"or give this run another output folder with -o"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()).encode("ascii"))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the file releases the lock
+            self._fh = None
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _lock_nonblocking(fh) -> None:
+    """Lock ``fh`` exclusively or raise OSError at once if another process holds it."""
+    if os.name == "nt":
+        import msvcrt
+
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 # --------------------------------------------------------------------------------------------- images
