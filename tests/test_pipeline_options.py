@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -175,9 +177,8 @@ def test_8000x6000_photo_memory_is_bounded(tiny_weights, upsample):
     import subprocess
     import sys
 
-    from tests.conftest import REPO_ROOT
-
-    run = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(tiny_weights), upsample], cwd=REPO_ROOT,
+    repo_root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(tiny_weights), upsample], cwd=repo_root,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     grown = float(run.stdout.strip().splitlines()[-1])  # in units of one full-size float copy
