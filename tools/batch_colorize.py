@@ -529,17 +529,6 @@ class Plan:
     manifest: Manifest
 
 
-def output_dir(args: argparse.Namespace) -> Path:
-    """``-o``, or ``<input folder>_colorized`` beside a single input folder."""
-    out_dir = args.output
-    if out_dir is None:
-        first = Path(args.inputs[0]).expanduser()
-        if len(args.inputs) != 1 or not first.is_dir():
-            raise InputError("name an output folder with -o when the input is not a single folder")
-        out_dir = first.resolve().parent / f"{first.resolve().name}_colorized"
-    return out_dir.expanduser().resolve()
-
-
 def make_plan(args: argparse.Namespace, hold: contextlib.ExitStack | None = None) -> Plan:
     """Everything decided before talking to the server (raises InputError / WorkflowError / ValueError).
 
@@ -555,7 +544,13 @@ def make_plan(args: argparse.Namespace, hold: contextlib.ExitStack | None = None
     plain, plain_info = apply_settings(workflow, Settings(**{**settings.__dict__, "compare": False}), wf_path.name)
     settings_id = settings_hash({"tool": TOOL_FORMAT, "workflow": fingerprint_view(plain, plain_info)})
 
-    out_dir = output_dir(args)
+    first = Path(args.inputs[0]).expanduser()
+    out_dir = args.output
+    if out_dir is None:
+        if len(args.inputs) != 1 or not first.is_dir():
+            raise InputError("name an output folder with -o when the input is not a single folder")
+        out_dir = first.resolve().parent / f"{first.resolve().name}_colorized"
+    out_dir = out_dir.expanduser().resolve()
     found = discover(args.inputs, exclude=out_dir)
     if not found.files:
         raise InputError(f"no images found in {', '.join(args.inputs)} (looked for {', '.join(IMAGE_EXTENSIONS)})")

@@ -325,14 +325,17 @@ class OutputLock:
         self.path = out_dir / LOCK_NAME
         self._fh = None
 
-    def acquire(self) -> None:
+    def __enter__(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+b")  # noqa: SIM115 - kept open for the whole run: the open file holds the lock
         try:
             _lock_nonblocking(fh)
         except OSError:
-            fh.seek(0)
-            holder = fh.read(32).decode("ascii", "replace").strip()
+            try:
+                fh.seek(0)
+                holder = fh.read(32).decode("ascii", "replace").strip()
+            except OSError:  # Windows: the holder's locked byte cannot be read
+                holder = ""
             fh.close()
             who = f" (process {holder})" if holder.isdigit() else ""
             raise InputError(
@@ -344,18 +347,11 @@ class OutputLock:
         fh.write(str(os.getpid()).encode("ascii"))
         fh.flush()
         self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()  # closing the file releases the lock
-            self._fh = None
-
-    def __enter__(self) -> OutputLock:
-        self.acquire()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        self._fh.close()  # closing the file releases the lock
+        self._fh = None
 
 
 def _lock_nonblocking(fh) -> None:
