@@ -389,3 +389,327 @@ def test_readme_http_api_example_runs(comfy_server, tmp_path):
     assert sizes == sorted([(width, height), (2 * width, height)]), sizes
     for path in written:
         assert f"saved {path}" in result.stdout
+
+
+# ================================================================================ the comparer in the graph editor
+# Frontends: the one ComfyUI 0.3.75 installs (1.32) always; a newer one when one is installed where
+# DDCOLOR_NEW_FRONTEND_ROOT points (a comfyui-frontend-package "static" folder, or a `pip install --target`
+# folder holding the package), else ./.cache/frontend-newest: the server then runs with --front-end-root.
+def _new_frontend_root() -> Path | None:
+    candidates = [os.environ.get("DDCOLOR_NEW_FRONTEND_ROOT"), str(REPO_ROOT / ".cache" / "frontend-newest")]
+    for raw in filter(None, candidates):
+        for path in (Path(raw), Path(raw) / "static", Path(raw) / "comfyui_frontend_package" / "static"):
+            if (path / "index.html").is_file():
+                return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def newest_frontend_server(tiny_weights):
+    root = _new_frontend_root()
+    if root is None:
+        pytest.skip("no newer frontend installed: pip install --target .cache/frontend-newest --no-deps "
+                    "'comfyui-frontend-package==1.58.*' (or set DDCOLOR_NEW_FRONTEND_ROOT)")
+    from tests.e2e.server import ComfyServer
+
+    folder = Path(tempfile.mkdtemp(prefix="ddcolor_e2e_fe_"))
+    server = ComfyServer(folder, tiny_weights, extra_args=("--front-end-root", str(root)))
+    server.frontend_root = root
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["installed", "newest"])
+def ui_server(request, comfy_server):
+    return comfy_server if request.param == "installed" else request.getfixturevalue("newest_frontend_server")
+
+
+@pytest.fixture
+def ui_editor(browser_context, ui_server):
+    page = EditorPage(browser_context, ui_server)
+    try:
+        page.open()
+        yield page
+    finally:
+        page.page.close()
+
+
+_FRONTEND_VERSION_JS = "() => (window.__COMFYUI_FRONTEND_VERSION__ || '?')"
+
+_LOAD_JS = "async (workflow) => { await window.app.loadGraphData(workflow); window.app.canvas.setDirty(true, true); }"
+
+# queue a prompt as this tab (its client id), so the tab gets the run's messages, as the Run button does
+_QUEUE_JS = """
+async ({prompt, workflow}) => {
+    const api = window.comfyAPI.api.api;
+    const extra = workflow ? {extra_pnginfo: {workflow}} : {};
+    const resp = await api.fetchApi("/prompt", {method: "POST", headers: {"Content-Type": "application/json"},
+        body: JSON.stringify({prompt, client_id: api.clientId, extra_data: extra})});
+    const body = await resp.json();
+    if (resp.status !== 200) throw new Error(`prompt refused: ${JSON.stringify(body)}`);
+    return body.prompt_id;
+}
+"""
+
+# the wires and node boxes as the editor draws them (canvas units)
+_GEOMETRY_JS = """
+() => {
+    const g = window.app.graph;
+    const links = g.links instanceof Map ? [...g.links.values()] : Object.values(g.links || {});
+    const pos = (node, input, slot) => {
+        if (node.getConnectionPos) return [...node.getConnectionPos(input, slot)];
+        return [...(input ? node.getInputPos(slot) : node.getOutputPos(slot))];
+    };
+    const label = (n) => `${n.type} #${n.id}`;
+    return {
+        wires: links.filter(Boolean).map((l) => {
+            const o = g.getNodeById(l.origin_id), t = g.getNodeById(l.target_id);
+            return [`link ${l.id} (${label(o)} -> ${label(t)})`, pos(o, false, l.origin_slot),
+                    pos(t, true, l.target_slot), [label(o), label(t)]];
+        }),
+        boxes: g.nodes.map((n) => {
+            const b = n.getBounding ? [...n.getBounding()] : [n.pos[0], n.pos[1] - 30, n.size[0], n.size[1] + 30];
+            return [label(n), [b[0], b[1], b[0] + b[2], b[1] + b[3]]];
+        }),
+    };
+}
+"""
+
+# put node `id` at the top left of the canvas at zoom 1, with room for its comparer
+_FOCUS_NODE_JS = """
+async (id) => {
+    const canvas = window.app.canvas;
+    const node = window.app.graph.getNodeById(id);
+    canvas.ds.scale = 1;
+    canvas.ds.offset[0] = -node.pos[0] + 420;
+    canvas.ds.offset[1] = -node.pos[1] + 260;
+    canvas.setDirty(true, true);
+    await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+}
+"""
+
+_COMPARER_JS = """
+(id) => {
+    const node = window.app.graph.getNodeById(id);
+    const root = node && node.__ddcolorComparer && node.__ddcolorComparer.root;
+    if (!root) return null;
+    const rect = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; };
+    const output = (window.app.nodeOutputs || {})[String(id)] || null;
+    return {
+        ...root.dataset, title: root.title, role: root.getAttribute("role"),
+        frame: rect(root.querySelector(".ddcolor-cmp-frame")), stage: rect(root.querySelector(".ddcolor-cmp-stage")),
+        barVisible: root.querySelector(".ddcolor-cmp-bar").style.display !== "none",
+        counter: root.querySelector(".ddcolor-cmp-counter").textContent,
+        before: root.querySelector(".ddcolor-cmp-before").src, after: root.querySelector(".ddcolor-cmp-after").src,
+        output,
+    };
+}
+"""
+
+_TITLE_POINT_JS = """
+(id) => {
+    const canvas = window.app.canvas;
+    const node = window.app.graph.getNodeById(id);
+    const r = canvas.canvas.getBoundingClientRect();
+    const s = canvas.ds.scale, o = canvas.ds.offset;
+    return [r.left + (node.pos[0] + 60 + o[0]) * s, r.top + (node.pos[1] - 15 + o[1]) * s];
+}
+"""
+
+
+def _workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def _node_id(workflow: dict, node_type: str) -> int:
+    (node,) = [n for n in workflow["nodes"] if n["type"] == node_type]
+    return node["id"]
+
+
+def _wait_done(server, prompt_id: str, timeout: float = 600) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = server.history(prompt_id)
+        status = entry.get("status") or {}
+        if status.get("completed") or status.get("status_str") in ("success", "error"):
+            assert status.get("status_str") == "success", f"the run failed: {status}\n{server.log_tail()}"
+            return entry
+        time.sleep(0.5)
+    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s\n{server.log_tail()}")
+
+
+def _view(server, url: str) -> np.ndarray:
+    """An image the page shows, fetched by its /view URL."""
+    query = urlparse(url).query
+    resp = server.http.get(f"{server.url}/api/view?{query}", timeout=60)
+    assert resp.status_code == 200, f"{url}: HTTP {resp.status_code}"
+    import io
+
+    with Image.open(io.BytesIO(resp.content)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _shot(page, rect) -> np.ndarray:
+    import io
+
+    left, top, width, height = rect
+    png = page.screenshot(clip={"x": left, "y": top, "width": width, "height": height})
+    with Image.open(io.BytesIO(png)) as im:
+        return np.asarray(im.convert("RGB")).astype(np.int16)
+
+
+def _as_shown(picture: np.ndarray, shape) -> np.ndarray:
+    height, width = shape[:2]
+    return np.asarray(Image.fromarray(picture).resize((width, height), Image.BILINEAR)).astype(np.int16)
+
+
+def _region_error(shot, reference, x0: float, x1: float) -> float:
+    """Mean absolute colour difference over columns x0..x1 (fractions), below the labels."""
+    height, width = shot.shape[:2]
+    a, b = int(round(x0 * width)), int(round(x1 * width))
+    top = min(height - 1, 26)
+    return float(np.abs(shot[top:, a:b] - reference[top:, a:b]).mean())
+
+
+def _assert_split(page, info, before, after, position: float, context: str) -> None:
+    shot = _shot(page, info["frame"])
+    want_before, want_after = _as_shown(before, shot.shape), _as_shown(after, shot.shape)
+    # kept for a look when a check below fails
+    page.screenshot(path=str(ARTIFACTS / "comparer_last_checked.png"))
+    margin = 0.03
+    if position > 0.1:  # left of the divider: the before image
+        left = (0.02, position - margin)
+        ok, wrong = _region_error(shot, want_before, *left), _region_error(shot, want_after, *left)
+        assert ok < 6 and ok < wrong / 2, f"{context}: left of the divider is not 'before' ({ok:.1f} vs {wrong:.1f})"
+    if position < 0.9:  # right of it: the after image
+        right = (position + margin, 0.98)
+        ok, wrong = _region_error(shot, want_after, *right), _region_error(shot, want_before, *right)
+        assert ok < 6 and ok < wrong / 2, f"{context}: right of the divider is not 'after' ({ok:.1f} vs {wrong:.1f})"
+
+
+def _check_layout_in_editor(page, name: str) -> None:
+    from tests.workflow_layout import crossings
+
+    geometry = page.evaluate(_GEOMETRY_JS)
+    problems = crossings([(label, p, q, set(own)) for label, p, q, own in geometry["wires"]], geometry["boxes"])
+    assert not problems, f"{name}: wires under nodes in the editor:\n" + "\n".join(problems)
+
+
+def _run_in_tab(editor, prompt: dict, workflow: dict | None = None) -> str:
+    return editor.page.evaluate(_QUEUE_JS, {"prompt": prompt, "workflow": workflow})
+
+
+def _preset_prompt(editor, server, image_name: str) -> dict:
+    page = editor.page
+    page.evaluate(_SET_WIDGET_JS, {"type": "LoadImage", "name": "image", "value": image_name})
+    page.evaluate(_SET_WIDGET_JS, {"type": "DDColorModelLoader", "name": "model_name", "value": server.model_name})
+    return page.evaluate(_CONVERT_JS)
+
+
+def _wait_comparer(page, node_id: int, count: int, timeout: float = 120_000) -> dict:
+    page.wait_for_function(
+        "([id, count]) => { const n = window.app.graph.getNodeById(id); const r = n && n.__ddcolorComparer;"
+        " return r && r.root.dataset.ready === 'true' && r.root.dataset.count === String(count)"
+        " && r.afterImg.complete && r.beforeImg.complete; }",
+        arg=[node_id, count], timeout=timeout,
+    )
+    page.wait_for_timeout(300)
+    return page.evaluate(_COMPARER_JS, node_id)
+
+
+@pytest.mark.ui
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_comparer_drag_click_and_keys_after_a_run(ui_editor, ui_server, preset):
+    editor, server, page = ui_editor, ui_server, ui_editor.page
+    frontend = page.evaluate(_FRONTEND_VERSION_JS)
+    tag = "" if server is not None and not hasattr(server, "frontend_root") else "_newest"
+    workflow = _workflow(preset)
+    compare_id = _node_id(workflow, "DDColorCompare")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    mark = len(editor.console)
+    page.evaluate(_LOAD_JS, workflow)
+    page.wait_for_timeout(1000)
+    _check_layout_in_editor(page, preset)  # the tidy layout, as this frontend draws it
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert info is not None, f"frontend {frontend}: the comparer was not added to DDColor Compare"
+    assert info["ready"] == "false" and info["count"] == "0"
+    # the extension's widget is not a setting: the saved workflow and the prompt are what they were
+    state = page.evaluate(_STATE_JS)
+    saved = {n["id"]: n["widgets_values"] for n in state["saved"]}
+    assert saved[compare_id] == next(n for n in workflow["nodes"] if n["id"] == compare_id)["widgets_values"]
+
+    prompt = _preset_prompt(editor, server, server.upload(PHOTO))
+    assert _core(prompt) == _core(_patched_api_twin(preset, server.model_name, prompt["1"]["inputs"]["image"]))
+    _wait_done(server, _run_in_tab(editor, prompt))
+    info = _wait_comparer(page, compare_id, 1)
+    assert not info["barVisible"], "a single photo needs no photo picker"
+    assert info["output"] is None or "images" not in info["output"]
+    before, after = _view(server, info["before"]), _view(server, info["after"])
+    with Image.open(PHOTO) as photo:
+        assert before.shape[:2] == after.shape[:2] == (photo.height, photo.width)
+    assert np.abs(before.astype(int) - after.astype(int)).mean() > 3, "before and after must differ for this test"
+
+    page.evaluate(_FOCUS_NODE_JS, compare_id)
+    page.wait_for_timeout(500)
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    left, top, width, height = info["frame"]
+    assert width > 150 and height > 150, f"the comparer is too small to use: {info['frame']}"
+    page.screenshot(path=str(ARTIFACTS / f"{preset}_after_run{tag}.png"))
+
+    # drag the divider to 30 %: before on its left, after on its right
+    y = top + height * 0.6
+    page.mouse.move(left + width * 0.5, y)
+    page.mouse.down()
+    page.mouse.move(left + width * 0.4, y, steps=4)
+    page.mouse.move(left + width * 0.3, y, steps=4)
+    page.mouse.up()
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert info["show"] == "split" and abs(float(info["position"]) - 0.3) < 0.02, info
+    _assert_split(page, info, before, after, 0.3, f"{preset} ({frontend}) after dragging to 30%")
+    page.mouse.move(left + width * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(left + width * 0.8, y, steps=6)
+    page.mouse.up()
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert abs(float(info["position"]) - 0.8) < 0.02, info
+    _assert_split(page, info, before, after, 0.8, f"{preset} ({frontend}) after dragging to 80%")
+
+    # click: the whole before, click again: the whole after
+    page.mouse.click(left + width * 0.5, y)
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert info["show"] == "before", info
+    _assert_split(page, info, before, after, 1.0, f"{preset} ({frontend}) after one click")
+    page.mouse.click(left + width * 0.5, y)
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert info["show"] == "after", info
+    _assert_split(page, info, before, after, 0.0, f"{preset} ({frontend}) after two clicks")
+
+    # keys: with the comparer focused (it was clicked), and with only the node selected on the canvas
+    page.keyboard.press("Home")
+    page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("ArrowRight")
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert info["show"] == "split" and abs(float(info["position"]) - 0.11) < 1e-6, info
+    page.mouse.click(*page.evaluate(_TITLE_POINT_JS, compare_id))  # select the node by its title
+    assert page.evaluate("(id) => !!window.app.canvas.selected_nodes[id]", compare_id)
+    for _ in range(4):
+        page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("ArrowLeft")
+    page.mouse.move(5, 5)  # away from the title: its tooltip would cover the picture
+    page.wait_for_timeout(500)
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert abs(float(info["position"]) - 0.5) < 1e-6, info
+    _assert_split(page, info, before, after, 0.5, f"{preset} ({frontend}) after the arrow keys")
+    assert info["role"] == "slider" and "Drag" in info["title"] and "←" in info["title"], info["title"]
+    left, top, width, height = page.evaluate(_COMPARER_JS, compare_id)["stage"]
+    page.screenshot(path=str(ARTIFACTS / f"comparer_{preset}{tag}.png"),
+                    clip={"x": left - 20, "y": top - 150, "width": width + 40, "height": height + 190})
+    problems = editor.problems_since(mark)
+    assert not problems, f"{preset} ({frontend}): console errors/warnings:\n" + "\n".join(problems)
