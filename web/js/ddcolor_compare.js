@@ -72,6 +72,7 @@ const STYLE = `
   box-shadow: 0 0 2px #000; pointer-events: none; }
 .ddcolor-cmp-label { position: absolute; top: 4px; padding: 1px 5px; border-radius: 3px;
   background: rgba(0, 0, 0, 0.55); color: #fff; pointer-events: none; }
+.ddcolor-cmp-narrow .ddcolor-cmp-label { visibility: hidden; }
 .ddcolor-cmp-bar { display: flex; align-items: center; justify-content: center; gap: 8px; height: 22px;
   flex: 0 0 auto; }
 .ddcolor-cmp-bar button { min-width: 26px; height: 20px; padding: 0 6px; border: 1px solid #555;
@@ -213,6 +214,7 @@ class Comparer {
       left: `${Math.floor((sw - fw) / 2)}px`,
       top: `${Math.floor((sh - fh) / 2)}px`,
     });
+    this.root.classList.toggle("ddcolor-cmp-narrow", fw < 110); // no room for the two labels
     this.render();
   }
 
