@@ -7,12 +7,12 @@ import logging
 
 import comfy.model_management as mm
 import torch
-from PIL import Image
 from comfy_api.latest import io
+from PIL import Image
 
 from ..ddcolor.errors import DDColorError, InputImageError
-from ..ddcolor.preview import Throttle, live_preview
 from ..ddcolor.presets import MAX_SIZE, MIN_SIZE, check_input_size
+from ..ddcolor.preview import Throttle, live_preview
 from ._comfy import CATEGORY, DDColorAB, DDColorModel, check_interrupted, progress_bar, raise_non_oom, schema, unload
 
 logger = logging.getLogger("ComfyUI-DDColor")

@@ -747,8 +747,8 @@ _RECORD_JS = """
     api.addEventListener("b_preview_with_metadata", (e) =>
         log.previews.push({node: String(e.detail.displayNodeId ?? e.detail.nodeId), t: performance.now()}));
     api.addEventListener("b_preview", () => log.previews.push({node: null, t: performance.now()}));
-    api.addEventListener("progress", (e) =>
-        log.progress.push({node: String(e.detail.node), value: e.detail.value, max: e.detail.max, t: performance.now()}));
+    api.addEventListener("progress", (e) => log.progress.push(
+        {node: String(e.detail.node), value: e.detail.value, max: e.detail.max, t: performance.now()}));
     api.addEventListener("executed", (e) => log.executed.push({node: String(e.detail.node), t: performance.now()}));
 }
 """
@@ -816,7 +816,8 @@ def test_comparer_steps_through_a_batch_and_colorize_shows_live_previews(ui_edit
     assert ours[0]["t"] < done, "the live preview came only after the run"
     shown = page.evaluate(
         "(id) => { const n = window.app.graph.getNodeById(id); const p = window.app.nodePreviewImages || {};"
-        " return (n.imgs && n.imgs.length) || Object.keys(p).filter((k) => k === String(id) || k.endsWith(':' + id)).length; }",
+        " return (n.imgs && n.imgs.length)"
+        " || Object.keys(p).filter((k) => k === String(id) || k.endsWith(':' + id)).length; }",
         colorize_id,
     )
     assert shown, "the Colorize node shows no preview"
