@@ -35,6 +35,9 @@ class DDColorCompare(io.ComfyNode):
             display_name="DDColor Compare",
             category=CATEGORY,
             search_aliases=["before after", "compare", "split view"],
+            # an output node: a re-run served from ComfyUI's cache still sends the pictures to the comparer (a
+            # cached node that is not an output is never visited), and it runs without anything connected
+            is_output_node=True,
             description=(
                 "Makes one picture to judge a colorization: the original and the result side by side, or split "
                 "at a position (a white line marks the split). before is resized to after's size if needed. "

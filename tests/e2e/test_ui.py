@@ -852,6 +852,8 @@ def test_comparer_bad_input(editor, comfy_server, tmp_path):
     assert _core(prompt) == _core(_patched_api_twin("ddcolor_portrait", server.model_name,
                                                     prompt["1"]["inputs"]["image"]))
     load = str(_node_id(old, "LoadImage"))
+    _wait_done(server, _run_in_tab(editor, prompt))
+    _wait_comparer(page, compare_id, 1)
 
     # -- before and after of different sizes: before is resized to after's size (stretched, not letterboxed) ----
     odd = json.loads(json.dumps(prompt))
@@ -911,7 +913,9 @@ def test_comparer_bad_input(editor, comfy_server, tmp_path):
     page.wait_for_timeout(1500)
     restored = page.evaluate("() => window.app.graph.nodes.filter((n) => n.type === 'DDColorCompare').map((n) => n.id)")
     assert restored, "the workflow was not restored after the reload"
+    # the same prompt as the first run: ComfyUI serves it from its cache, the fresh page still gets the pictures
     prompt_again = _preset_prompt(editor, server, prompt["1"]["inputs"]["image"])
+    assert _core(prompt_again) == _core(prompt)
     _wait_done(server, _run_in_tab(editor, prompt_again))
     _wait_comparer(page, restored[0], 1)
     # a reload starts the editor again: what it logged when the tab first opened (before this test, without

@@ -101,3 +101,9 @@ def test_ui_output_of_a_huge_photo_is_scaled_down_for_the_screen(nodes_pkg, dd):
 def test_ui_output_repeats_a_single_before(nodes_pkg):
     result = nodes_pkg.DDColorCompare.execute(_solid(0.1, 4, 4), _solid(0.9, 8, 8, batch=3), "split", 0.5)
     assert len(result.ui["before_images"]) == len(result.ui["after_images"]) == 3
+
+
+def test_compare_is_an_output_node(nodes_pkg):
+    # ComfyUI re-sends the UI output of a cached node only if it visits the node: output nodes always are
+    info = nodes_pkg.DDColorCompare.GET_NODE_INFO_V1()
+    assert info["output_node"] is True
