@@ -632,3 +632,21 @@ def test_nodes_do_not_overlap_and_sit_in_numbered_groups(name):
                   if g["bounding"][0] <= left and right <= g["bounding"][0] + g["bounding"][2]
                   and g["bounding"][1] <= top and bottom <= g["bounding"][1] + g["bounding"][3]]
         assert len(inside) == 1, f"{name}: {_label(node)} is in groups {inside}"
+
+
+def test_comparer_texts_in_english_and_chinese():
+    """Every text of the graph-editor comparer (web/js) has an English and a Chinese entry in locales/."""
+    script = (REPO / "web" / "js" / "ddcolor_compare.js").read_text(encoding="utf-8")
+    block = re.search(r"const TEXTS = \{(.*?)\n\};", script, re.S)
+    assert block, "TEXTS not found in ddcolor_compare.js"
+    keys = sorted(re.findall(r"^  (\w+):", block.group(1), re.M))
+    assert {"tooltip", "before", "after"} <= set(keys), keys
+    for lang in ("en", "zh"):
+        texts = json.loads((LOCALES / lang / "main.json").read_text(encoding="utf-8"))["ddcolorCompare"]
+        assert sorted(texts) == keys, f"{lang}: {sorted(texts)} != {keys}"
+        for key, text in texts.items():
+            assert text.strip(), f"{lang} ddcolorCompare.{key} is empty"
+            if lang == "zh":
+                assert CJK.search(text), f"zh ddcolorCompare.{key} is not Chinese: {text}"
+        for gesture in ("←", "→", "Shift", "Home", "↑"):
+            assert gesture in texts["tooltip"], f"{lang} tooltip does not mention {gesture}"

@@ -511,6 +511,7 @@ _COMPARER_JS = """
         frame: rect(root.querySelector(".ddcolor-cmp-frame")), stage: rect(root.querySelector(".ddcolor-cmp-stage")),
         barVisible: root.querySelector(".ddcolor-cmp-bar").style.display !== "none",
         counter: root.querySelector(".ddcolor-cmp-counter").textContent,
+        empty: root.querySelector(".ddcolor-cmp-empty").textContent,
         before: root.querySelector(".ddcolor-cmp-before").src, after: root.querySelector(".ddcolor-cmp-after").src,
         output,
     };
@@ -923,3 +924,30 @@ def test_comparer_bad_input(editor, comfy_server, tmp_path):
     startup = {line.splitlines()[0] for line in editor.problems_since(0, stop=mark)}
     problems = [p for p in editor.problems_since(mark) if p.splitlines()[0] not in startup]
     assert not problems, "console errors/warnings:\n" + "\n".join(problems)
+
+
+@pytest.mark.ui
+@pytest.mark.timeout(600)
+def test_comparer_tooltip_follows_the_language_setting(browser_context, comfy_server):
+    """With ComfyUI's language set to Chinese, the comparer's tooltip and hint come from locales/zh."""
+    zh = json.loads((REPO_ROOT / "locales" / "zh" / "main.json").read_text(encoding="utf-8"))["ddcolorCompare"]
+    url = f"{comfy_server.url}/api/settings/Comfy.Locale"
+    assert comfy_server.http.post(url, json="zh", timeout=30).status_code == 200
+    editor = EditorPage(browser_context, comfy_server)
+    try:
+        editor.open()
+        mark = len(editor.console)
+        workflow = _workflow("ddcolor_portrait")
+        editor.page.evaluate(_LOAD_JS, workflow)
+        compare_id = _node_id(workflow, "DDColorCompare")
+        editor.page.wait_for_function(
+            "([id, text]) => window.app.graph.getNodeById(id).__ddcolorComparer.root.title === text",
+            arg=[compare_id, zh["tooltip"]], timeout=30_000,
+        )
+        info = editor.page.evaluate(_COMPARER_JS, compare_id)
+        assert info["empty"] == zh["empty"], info
+        problems = editor.problems_since(mark)
+        assert not problems, "console errors/warnings:\n" + "\n".join(problems)
+    finally:
+        editor.page.close()
+        comfy_server.http.post(url, json="en", timeout=30)

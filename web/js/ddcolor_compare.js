@@ -46,6 +46,8 @@ function localeName() {
   return (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
 }
 
+const comparers = new Set(); // live comparers, redrawn once the translated texts have arrived
+
 async function loadTexts() {
   if (!api) return;
   try {
@@ -54,6 +56,7 @@ async function loadTexts() {
     const table = all && (all[lang] || all[lang.split("-")[0]]);
     const ours = table && table.ddcolorCompare;
     if (ours) for (const key of Object.keys(TEXTS)) if (typeof ours[key] === "string") TEXTS[key] = ours[key];
+    for (const comparer of comparers) comparer.render();
   } catch (_) {
     // no /i18n route on this server: keep English
   }
@@ -357,6 +360,7 @@ class Comparer {
 
   dispose() {
     if (this.observer) this.observer.disconnect();
+    comparers.delete(this);
   }
 }
 
@@ -375,6 +379,7 @@ function onWindowKey(e) {
 function attach(node) {
   if (node.__ddcolorComparer || typeof node.addDOMWidget !== "function") return;
   const comparer = new Comparer(node);
+  comparers.add(comparer);
   const widget = node.addDOMWidget(WIDGET_NAME, "ddcolor_comparer", comparer.root, {
     serialize: false, // not a setting: nothing in widgets_values or the prompt
     hideOnZoom: false,
