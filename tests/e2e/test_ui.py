@@ -11,7 +11,16 @@
 * the frontend's own ``app.graphToPrompt()`` converts it to the same prompt as its API twin in
   ``workflows/api/``, and that prompt (model = the synthetic tiny weights, image = an uploaded photo) runs on the
   server and writes a full-resolution colour PNG plus the before/after comparison;
-* the README's copy-paste HTTP API example runs unchanged (apart from its settings) against the server.
+* the README's copy-paste HTTP API example runs unchanged (apart from its settings) against the server;
+* the comparer in *DDColor Compare* (``web/js/ddcolor_compare.js``), on the installed frontend (1.32) and a newer
+  one when installed (``.cache/frontend-newest`` or ``DDCOLOR_NEW_FRONTEND_ROOT``): each preset, queued from the
+  tab, fills it; dragging the divider puts the saved *before* picture left of it and *after* right of it
+  (pixel colours of a screenshot against the pictures the page loaded), a click switches, the arrow keys move
+  it with the node selected; a batch of 2 is stepped through; a 4-photo run shows live previews in Colorize;
+  wires as the editor draws them never run under a node; different sizes, very tall/wide photos, a workflow
+  saved before the comparer existed, a reload mid-run and a cached re-run break nothing. Any console error fails
+  (on the newer frontend, any that names this pack: that frontend logs its own on a 0.3.75 server).
+  Screenshots: ``artifacts/e2e/comparer_*.png``, ``*_after_run*.png``, ``live_preview*.png``.
 
 The browser tests skip (with the reason) only when Playwright or ``/usr/bin/chromium`` is not installed;
 ``scripts/setup_env.sh`` installs both. ``DDCOLOR_CHROMIUM`` points at another Chromium binary.
