@@ -72,6 +72,9 @@ class TemporalResult:
         frames = self.ab.shape[0]
         if not self.cuts:
             return f"{frames} frame(s), 1 shot: no scene cut found."
+        if len(self.cuts) == frames - 1:
+            return (f"{frames} frame(s), every one a new shot: nothing was smoothed. If this is one continuous shot, "
+                    "lower scene_cut_sensitivity.")
         shown = ", ".join(str(c) for c in self.cuts[:20]) + (", ..." if len(self.cuts) > 20 else "")
         return f"{frames} frame(s), {len(self.cuts) + 1} shots: scene cuts before frame(s) {shown} (counting from 0)."
 
