@@ -59,7 +59,6 @@ def _view(t: float, picture_hw: tuple[int, int], out_wh: tuple[int, int], shot: 
     ow, oh = out_wh
     zoom = 1.0 + 0.25 * t if shot == 0 else 1.15 - 0.1 * t
     crop_w = pw * 0.7 / zoom
-    crop_h = crop_w * oh / ow
     cx = pw * (0.35 + 0.3 * t if shot == 0 else 0.65 - 0.3 * t)
     cy = ph * (0.5 + 0.05 * np.sin(np.pi * t))
     s = ow / crop_w

@@ -518,7 +518,8 @@ def test_comfyui_lists_the_presets_as_templates():
         pytest.skip("ComfyUI not found (set COMFYUI_DIR)")
     assert WORKFLOWS.name in _template_folder_names(root)
     listed = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
-    assert listed == sorted([f"ddcolor_{p}" for p in PRESETS] + [VIDEO_PRESET]), "only UI-format presets belong at the top level"
+    expected = sorted([f"ddcolor_{p}" for p in PRESETS] + [VIDEO_PRESET])
+    assert listed == expected, "only UI-format presets belong at the top level"
 
 
 @pytest.mark.parametrize("preset", PRESETS)
