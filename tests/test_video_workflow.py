@@ -172,7 +172,7 @@ def test_the_read_me_note_is_bilingual_and_says_what_ram_allows(ui):
     assert len(notes) == 1
     text = notes[0]["widgets_values"][0]
     assert "How to use" in text and "用法" in text and CJK.search(text)
-    for word in ("Load Video", "strength", "scene_cut_sensitivity", "chroma", "MB", "parts", "models/ddcolor"):
+    for word in ("Load Video", "strength", "scene_cut_sensitivity", "chroma", "GB", "parts", "models/ddcolor"):
         assert word in text, word
     assert notes[0]["size"][0] <= 420
 
