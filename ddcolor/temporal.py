@@ -30,7 +30,10 @@ flow runs on the CPU (OpenCV); warping and blending run on ``device`` (e.g. the 
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,6 +57,8 @@ _NOISE_FLOOR_MAX = 8.0  # L* units: the per-frame error floor (film grain, noise
 _CONFIDENCE_SCALE = 6.0  # L* units above the noise floor where confidence has fallen to exp(-1)
 _CUT_ERROR = 8.0  # L* units: a pixel this badly explained by the motion counts towards a scene cut
 _ASPECT_TOLERANCE = 0.05
+_CHUNK = 16  # frames whose motion is computed together (in parallel threads)
+_FLOW_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -130,17 +135,26 @@ def _small_lightness(frame: Tensor, size_wh: tuple[int, int]) -> np.ndarray:
     return rgb_to_l(np.clip(small, 0.0, 1.0))
 
 
-class _Flow:
-    """DIS optical flow on L* (OpenCV, CPU). ``backward(cur, prev)`` returns (h, w, 2) offsets such that
+_local = threading.local()
+
+
+def _flow(cur_l: np.ndarray, prev_l: np.ndarray) -> np.ndarray:
+    """DIS optical flow on L* (OpenCV, CPU; one DIS object per thread): (h, w, 2) offsets such that
     ``cur(x) ~ prev(x + flow(x))``."""
+    dis = getattr(_local, "dis", None)
+    if dis is None:
+        dis = _local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    cur = np.clip(cur_l * 2.55, 0, 255).astype(np.uint8)
+    prev = np.clip(prev_l * 2.55, 0, 255).astype(np.uint8)
+    return dis.calc(cur, prev, None)
 
-    def __init__(self) -> None:
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
 
-    def __call__(self, cur_l: np.ndarray, prev_l: np.ndarray) -> np.ndarray:
-        cur = np.clip(cur_l * 2.55, 0, 255).astype(np.uint8)
-        prev = np.clip(prev_l * 2.55, 0, 255).astype(np.uint8)
-        return self._dis.calc(cur, prev, None)
+def _lightness_checked(images: Tensor, t: int, size_wh: tuple[int, int]) -> np.ndarray:
+    lightness = _small_lightness(images[t], size_wh)
+    if not np.isfinite(lightness).all():
+        raise InputImageError(f"image[{t}] (frame {t}, counting from 0) contains NaN or infinite values. "
+                              "Fix the node that produced the frames.")
+    return lightness
 
 
 def _sampling_grid(flow: Tensor) -> Tensor:
@@ -185,43 +199,50 @@ def _pass(images: Tensor, ab: Tensor, out: Tensor, order: list[int], strength: f
     ``restart``: frames where the pass starts afresh (given), or None to detect cuts (returned, with scores).
     """
     h, w = ab.shape[2:]
-    flow_of = _Flow()
     cuts: list[int] = []
     scores: list[float] = [0.0] * images.shape[0]
     prev_l_np: np.ndarray | None = None
     prev_state: Tensor | None = None
     prev_l: Tensor | None = None
-    for step, t in enumerate(order):
-        cur_l_np = _small_lightness(images[t], (w, h))
-        if not np.isfinite(cur_l_np).all():
-            raise InputImageError(f"image[{t}] (frame {t}, counting from 0) contains NaN or infinite values. "
-                                  "Fix the node that produced the frames.")
-        cur_ab = ab[t].to(device, torch.float32)
-        if not bool(torch.isfinite(cur_ab).all()):
-            raise InputImageError(
-                f"ab[{t}] (frame {t}, counting from 0) contains NaN or infinite values: the colour prediction "
-                "failed for that frame. Run DDColor Colorize (Lab) again with precision fp32 in Load DDColor Model.")
-        cur_l = torch.from_numpy(cur_l_np).to(device)
-        new_shot = step == 0
-        if not new_shot and restart is not None:
-            new_shot = (t in restart) if order[0] == 0 else (order[step - 1] in restart)
-        if new_shot:
-            state = cur_ab
-        else:
-            flow = torch.from_numpy(flow_of(cur_l_np, prev_l_np)).to(device)
-            state, unexplained = _blend_step(prev_state, prev_l, cur_ab, cur_l, flow, strength)
-            if restart is None:
-                scores[t] = unexplained
-                if unexplained > threshold:
-                    cuts.append(t)
+    workers = min(_FLOW_WORKERS, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for first in range(0, len(order), _CHUNK):
+            # The motion of a chunk of frames depends only on the frames: OpenCV computes it in parallel threads
+            # (it releases the GIL). The blend below must run in order. Memory: one chunk of L and flow.
+            steps = list(range(first, min(first + _CHUNK, len(order))))
+            lights = list(pool.map(lambda step: _lightness_checked(images, order[step], (w, h)), steps))
+            befores = [prev_l_np, *lights[:-1]]
+            flows = list(pool.map(lambda cur, before: None if before is None else _flow(cur, before),
+                                  lights, befores))
+            for step, cur_l_np, flow_np in zip(steps, lights, flows, strict=True):
+                t = order[step]
+                cur_ab = ab[t].to(device, torch.float32)
+                if not bool(torch.isfinite(cur_ab).all()):
+                    raise InputImageError(
+                        f"ab[{t}] (frame {t}, counting from 0) contains NaN or infinite values: the colour "
+                        "prediction failed for that frame. Run DDColor Colorize (Lab) again with precision fp32 "
+                        "in Load DDColor Model.")
+                cur_l = torch.from_numpy(cur_l_np).to(device)
+                new_shot = step == 0
+                if not new_shot and restart is not None:
+                    new_shot = (t in restart) if order[0] == 0 else (order[step - 1] in restart)
+                if new_shot:
                     state = cur_ab
-        result = state.to("cpu", torch.float32)
-        if average:
-            out[t].add_(result).mul_(0.5)
-        else:
-            out[t].copy_(result)
-        prev_l_np, prev_l, prev_state = cur_l_np, cur_l, state
-        tick()
+                else:
+                    flow = torch.from_numpy(flow_np).to(device)
+                    state, unexplained = _blend_step(prev_state, prev_l, cur_ab, cur_l, flow, strength)
+                    if restart is None:
+                        scores[t] = unexplained
+                        if unexplained > threshold:
+                            cuts.append(t)
+                            state = cur_ab
+                result = state.to("cpu", torch.float32)
+                if average:
+                    out[t].add_(result).mul_(0.5)
+                else:
+                    out[t].copy_(result)
+                prev_l_np, prev_l, prev_state = cur_l_np, cur_l, state
+                tick()
     return cuts, scores
 
 
