@@ -27,7 +27,7 @@ PRESET = "ddcolor_video"
 
 @pytest.mark.ui
 @pytest.mark.timeout(900)
-def test_video_preset_loads_in_the_graph_editor_and_converts_to_its_api_twin(editor, comfy_server, tmp_path):
+def test_video_preset_loads_in_the_graph_editor_and_converts_to_its_api_twin(editor, comfy_server, tmp_path):  # noqa: F811
     page = editor.page
     workflow = json.loads((WORKFLOWS / f"{PRESET}.json").read_text(encoding="utf-8"))
     film = tmp_path / "example.mp4"  # the preset's placeholder name, so the editor finds the file it names
