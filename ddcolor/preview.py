@@ -38,10 +38,13 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def live_preview(image: torch.Tensor, ab: torch.Tensor, max_side: int = LIVE_PREVIEW_SIDE) -> torch.Tensor:
     """The colorized photo, small: ``image`` (H, W, C) with its predicted ``ab`` (2, h, w) put on it in Lab.
 
-    The photo is scaled down first (long side ``max_side``), so this costs a few milliseconds whatever the scan's
-    size. Returns uint8 (h', w', 3) on the CPU.
+    The photo is scaled down first (long side ``max_side``), so the colour conversion works on a small picture
+    whatever the scan's size. Returns uint8 (h', w', 3) on the CPU.
     """
-    small = _resize(image[None, ..., :3].detach().to("cpu", torch.float32), fit_size(*image.shape[:2], max_side))
+    # every step-th pixel first (a free view) down to about twice the preview size, then an antialiased resize
+    step = max(1, max(image.shape[0], image.shape[1]) // (2 * max_side))
+    coarse = image[::step, ::step, :3].detach().to("cpu", torch.float32)
+    small = _resize(coarse[None], fit_size(*image.shape[:2], max_side))
     rgb = merge_lab(small, ab[None].detach().to("cpu", torch.float32), upsample="bilinear")[0, ..., :3]
     return (rgb * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
 
