@@ -11,10 +11,14 @@ Part 1 (overhead). The same N photos (default 40, 1200x800 JPEG, the synthetic t
 
 The runs alternate (plain, archive, plain, archive...) and the medians are compared. Both use all the CPUs
 Ray is given (``--cpus``, default 2): the loop with ``torch.set_num_threads``, the tool with one CPU actor.
+Besides wall time, the CPU seconds of this process and of every process it started (Ray's GCS, raylet, workers
+and actors, counted before ``ray.shutdown``) are compared: on a machine shared with other jobs, wall time
+depends on their load, CPU time much less.
 
 Part 2 (capacity, ``--capacity``): per-photo milliseconds on one core of this machine for each CPU step of a
 1-2 MP scan (JPEG decode, 16-bit PNG decode, ``prepare_input``, ``merge_lab``, PNG encode at zlib level 1 and
-4) and the disk's write rate for PNG-sized files with fsync. README.md ("Archives on a Ray cluster") turns
+4), as CPU time of the process (one torch thread), and the disk's write rate for PNG-sized files with fsync
+(wall time). README.md ("Archives on a Ray cluster") turns
 these into hours for 1,000,000 scans.
 
     python benchmarks/bench_archive.py                      # part 1: 40 photos, 2 CPUs (~3 min on 2 cores)
@@ -46,6 +50,11 @@ from tests.synthetic_weights import cached_weights  # noqa: E402
 from tools import archive_colorize as arc  # noqa: E402
 
 
+def say(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def make_photos(folder: Path, count: int, width: int, height: int) -> list[Path]:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -60,6 +69,19 @@ def make_photos(folder: Path, count: int, width: int, height: int) -> list[Path]
         Image.fromarray(grey, "L").save(path, quality=90)
         paths.append(path)
     return paths
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and all its live descendants."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            total += t.user + t.system + (t.children_user + t.children_system if proc is me else 0.0)
+    return total
 
 
 def plain_loop(weights: Path, photos: list[Path], out: Path, input_size: int, threads: int) -> float:
@@ -92,40 +114,49 @@ def overhead(args: argparse.Namespace, weights: Path, work: Path) -> None:
 
     src = work / "scans"
     photos = make_photos(src, args.images, *args.size)
-    times: dict[str, list[float]] = {"plain": [], "ray": [], "init": []}
+    times: dict[str, list[float]] = {"plain": [], "ray": [], "init": [], "plain_cpu": [], "ray_cpu": []}
     for rep in range(args.repeats):
+        c0 = cpu_seconds()
         times["plain"].append(plain_loop(weights, photos, work / f"plain{rep}", args.input_size, args.cpus))
+        c1 = cpu_seconds()
+        times["plain_cpu"].append(c1 - c0)
         t0 = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         times["init"].append(time.perf_counter() - t0)
         times["ray"].append(archive_run(weights, src, work / f"ray{rep}", args.input_size))
+        times["ray_cpu"].append(cpu_seconds() - c1)  # Ray's start, its daemons and workers, the run
         ray.shutdown()
         outs = sorted((work / f"ray{rep}").rglob("*.png"))
         if len(outs) != len(photos):
             raise SystemExit(f"archive run {rep} wrote {len(outs)} of {len(photos)} photos")
-    plain, ray_t, init = (statistics.median(times[k]) for k in ("plain", "ray", "init"))
+    plain, ray_t, init, plain_cpu, ray_cpu = (statistics.median(times[k])
+                                              for k in ("plain", "ray", "init", "plain_cpu", "ray_cpu"))
     w, h = args.size
-    print(f"\n## Ray Data overhead: {args.images} photos {w}x{h} JPEG, tiny@{args.input_size}, fp32, "
+    say(f"\n## Ray Data overhead: {args.images} photos {w}x{h} JPEG, tiny@{args.input_size}, fp32, "
           f"{args.cpus} CPUs, median of {args.repeats} (load average now {os.getloadavg()[0]:.1f})\n")
-    print("| path | seconds | photos/s | × plain loop |")
-    print("|---|---|---|---|")
-    print(f"| plain `ddcolor.colorize` loop (model load, decode, colorize, encode, write) | {plain:.1f} | "
+    say("| path | seconds | photos/s | × plain loop |")
+    say("|---|---|---|---|")
+    say(f"| plain `ddcolor.colorize` loop (model load, decode, colorize, encode, write) | {plain:.1f} | "
           f"{args.images / plain:.2f} | 1.00 |")
-    print(f"| archive_colorize, Ray already running | {ray_t:.1f} | {args.images / ray_t:.2f} | "
+    say(f"| CPU seconds: plain loop / archive_colorize with Ray's start | {plain_cpu:.1f} / {ray_cpu:.1f} | | "
+        f"{ray_cpu / plain_cpu:.2f} |")
+    say(f"| archive_colorize, Ray already running | {ray_t:.1f} | {args.images / ray_t:.2f} | "
           f"{ray_t / plain:.2f} |")
-    print(f"| archive_colorize including `ray.init` ({init:.1f} s) | {ray_t + init:.1f} | "
+    say(f"| archive_colorize including `ray.init` ({init:.1f} s) | {ray_t + init:.1f} | "
           f"{args.images / (ray_t + init):.2f} | {(ray_t + init) / plain:.2f} |")
-    print(f"\nall runs (s): plain {', '.join(f'{t:.1f}' for t in times['plain'])}; "
-          f"archive {', '.join(f'{t:.1f}' for t in times['ray'])}; ray.init {', '.join(f'{t:.1f}' for t in times['init'])}")
+    runs = {k: ", ".join(f"{t:.1f}" for t in v) for k, v in times.items()}
+    say(f"\nall runs (s): plain {runs['plain']}; archive {runs['ray']}; ray.init {runs['init']}")
 
 
-def _ms(fn, repeats: int) -> float:
+def _ms(fn, repeats: int, clock=time.process_time) -> float:
+    """Median milliseconds of ``fn``: CPU time of this process by default (robust when other jobs share the
+    machine), wall time for I/O."""
     fn()  # warm-up
     runs = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        runs.append(time.perf_counter() - t0)
+        runs.append(clock() - t0)
     return 1000 * statistics.median(runs)
 
 
@@ -140,7 +171,7 @@ def capacity(args: argparse.Namespace, work: Path) -> None:
         jpeg = io.BytesIO()
         Image.fromarray(grey8, "L").save(jpeg, format="JPEG", quality=90)
         png16 = io.BytesIO()
-        Image.fromarray((grey8.astype(np.uint16) * 257)).save(png16, format="PNG")
+        Image.fromarray(grey8.astype(np.uint16) * 257).save(png16, format="PNG")
         decoded = arc.decode_image(jpeg.getvalue())
         pixels = torch.from_numpy(decoded.pixels[None])
         ab = torch.from_numpy(rng.normal(0, 20, (1, 2, 512, 512)).astype(np.float32))
@@ -156,34 +187,36 @@ def capacity(args: argparse.Namespace, work: Path) -> None:
         results = {name: _ms(fn, args.capacity_repeats) for name, fn in steps.items()}
         old = arc.PNG_COMPRESS_LEVEL
         arc.PNG_COMPRESS_LEVEL = 4
-        results["encode PNG, zlib 4 (ComfyUI)"] = _ms(lambda r=rgb: arc.encode_png(r, None, None), args.capacity_repeats)
+        results["encode PNG, zlib 4 (ComfyUI)"] = _ms(lambda r=rgb: arc.encode_png(r, None, None),
+                                                       args.capacity_repeats)
         png4_size = len(arc.encode_png(rgb, None, None))
         arc.PNG_COMPRESS_LEVEL = old
         fs = arc.open_fs(str(work))[0]
         counter = iter(range(10**6))
         results["write + fsync (local disk)"] = _ms(
-            lambda d=png1: arc.write_file(fs, (work / "disk" / f"f{next(counter)}.png").as_posix(), d),
-            args.capacity_repeats)
+            lambda d=png1, fs=fs, n=counter: arc.write_file(fs, (work / "disk" / f"f{next(n)}.png").as_posix(), d),
+            args.capacity_repeats, clock=time.perf_counter)
         rows.append((f"{w}x{h}", results, len(jpeg.getvalue()), len(png16.getvalue()), len(png1), png4_size))
-    print(f"\n## Per-photo CPU cost on one core of this machine (median of {args.capacity_repeats}; "
+    say(f"\n## Per-photo CPU cost on one core of this machine (CPU ms, median of {args.capacity_repeats}; "
           f"{os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f})\n")
     names = list(rows[0][1])
-    print("| step | " + " | ".join(r[0] for r in rows) + " |")
-    print("|---|" + "---|" * len(rows))
+    say("| step | " + " | ".join(r[0] for r in rows) + " |")
+    say("|---|" + "---|" * len(rows))
     for name in names:
-        print(f"| {name} | " + " | ".join(f"{r[1][name]:.1f} ms" for r in rows) + " |")
+        say(f"| {name} | " + " | ".join(f"{r[1][name]:.1f} ms" for r in rows) + " |")
     core = ["decode JPEG (grey, q90)", "prepare_input @512", "merge_lab (nearest)", "encode PNG, zlib 1 (the tool)",
             "write + fsync (local disk)"]
-    print("| **CPU per photo (JPEG in, PNG out)** | " + " | ".join(
+    say("| **CPU per photo (JPEG in, PNG out)** | " + " | ".join(
         f"**{sum(r[1][k] for k in core):.0f} ms**" for r in rows) + " |")
-    print("\n| file | " + " | ".join(r[0] for r in rows) + " |")
-    print("|---|" + "---|" * len(rows))
-    print("| JPEG scan (q90) | " + " | ".join(f"{r[2] / 1e6:.2f} MB" for r in rows) + " |")
-    print("| 16-bit PNG scan | " + " | ".join(f"{r[3] / 1e6:.2f} MB" for r in rows) + " |")
-    print("| result PNG, zlib 1 / 4 | " + " | ".join(f"{r[4] / 1e6:.2f} / {r[5] / 1e6:.2f} MB" for r in rows) + " |")
+    say("\n| file | " + " | ".join(r[0] for r in rows) + " |")
+    say("|---|" + "---|" * len(rows))
+    say("| JPEG scan (q90) | " + " | ".join(f"{r[2] / 1e6:.2f} MB" for r in rows) + " |")
+    say("| 16-bit PNG scan | " + " | ".join(f"{r[3] / 1e6:.2f} MB" for r in rows) + " |")
+    say("| result PNG, zlib 1 / 4 | " + " | ".join(f"{r[4] / 1e6:.2f} / {r[5] / 1e6:.2f} MB" for r in rows)
+        + " |")
     big = rows[-1]
     write_ms = big[1]["write + fsync (local disk)"]
-    print(f"\ndisk: {big[4] / 1e6:.2f} MB files with fsync at {write_ms:.1f} ms each = "
+    say(f"\ndisk: {big[4] / 1e6:.2f} MB files with fsync at {write_ms:.1f} ms each = "
           f"{big[4] / 1e6 / (write_ms / 1000):.0f} MB/s from one writer")
 
 

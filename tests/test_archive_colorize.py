@@ -189,6 +189,24 @@ def test_split_pipeline_survives_a_worker_that_dies(ray_address, scans, tmp_path
     _check_outputs(model, scans, dst)
 
 
+def test_a_photo_that_always_kills_its_worker_fails_alone(ray_address, scans, tmp_path, tiny_weights, capsys,
+                                                          monkeypatch):
+    marker = tmp_path / "crashes"
+    monkeypatch.setenv(arc._CRASH_ENV, f"{marker}::scan02.png")
+    src = tmp_path / "three"
+    src.mkdir()
+    for name in ("scan00.png", "scan02.png", "scan04.png"):
+        (src / name).write_bytes((scans / name).read_bytes())
+    dst = tmp_path / "out"
+    code, out, _err = _run([str(src), str(dst), "--model", str(tiny_weights), "--input-size", str(SIZE),
+                            "--batch-size", "1", "--retries", "1", "--no-progress"], capsys)
+    assert len(marker.read_text().split()) == 2, "expected one try and one retry"
+    assert code == arc.EXIT_FAILED, out
+    assert "Colorized 2 photo(s)" in out and "scan02.png: its batch failed 2 times" in out
+    assert sorted(p.name for p in dst.glob("*.png")) == ["scan00.png", "scan04.png"]
+    assert _manifest(dst)["scan02.png"]["ok"] is False
+
+
 def test_killed_run_resumes(ray_address, scans, tmp_path, tiny_weights, model, capsys):
     """A run killed with SIGKILL half-way (a second driver process on the same cluster) keeps what it finished;
     the rerun does only the rest."""

@@ -473,11 +473,15 @@ def _columns(rows: list[dict], keys: Iterable[str]) -> dict[str, np.ndarray]:
 _RESULT_KEYS = ("out", "rel", "ok", "reason", "output_size", "host", "seconds")
 
 
-def _maybe_crash(cfg: WorkerConfig) -> None:
-    """Tests only: the first call anywhere in the cluster kills its worker process (Ray must retry)."""
-    if cfg.crash_marker and not os.path.exists(cfg.crash_marker):
-        with open(cfg.crash_marker, "w", encoding="ascii") as fh:
-            fh.write(str(os.getpid()))
+def _maybe_crash(cfg: WorkerConfig, rels: Sequence[str]) -> None:
+    """Tests only. ``MARKER``: the first call anywhere in the cluster kills its worker process (Ray must retry).
+    ``MARKER::REL``: every call whose batch holds the photo REL kills its worker (the batch must fail alone)."""
+    if not cfg.crash_marker:
+        return
+    marker, _, rel = cfg.crash_marker.partition("::")
+    if (rel and rel in rels) or (not rel and not os.path.exists(marker)):
+        with open(marker, "a", encoding="ascii") as fh:
+            fh.write(f"{os.getpid()}\n")
         os._exit(1)
 
 
@@ -489,7 +493,7 @@ class FusedColorizer:
         self.model = load_model(cfg)
 
     def __call__(self, batch: dict) -> dict:
-        _maybe_crash(self.cfg)
+        _maybe_crash(self.cfg, list(batch["rel"]))
         rows = predict_stage(self.model, load_stage(self.cfg, _rows(batch)), self.batch_size)
         return _columns(finish_stage(self.cfg, rows), _RESULT_KEYS)
 
@@ -508,8 +512,9 @@ class Predictor:
         self.model = load_model(cfg)
 
     def __call__(self, batch: dict) -> dict:
-        _maybe_crash(self.cfg)
-        rows = predict_stage(self.model, [pickle.loads(p) for p in batch["payload"]], self.batch_size)
+        rows = [pickle.loads(p) for p in batch["payload"]]
+        _maybe_crash(self.cfg, [r["rel"] for r in rows])
+        rows = predict_stage(self.model, rows, self.batch_size)
         return {"payload": np.array([pickle.dumps(r, protocol=5) for r in rows], dtype=object)}
 
 
@@ -518,7 +523,7 @@ def finish_task(batch: dict, cfg: WorkerConfig) -> dict:
     return _columns(finish_stage(cfg, [pickle.loads(p) for p in batch["payload"]]), _RESULT_KEYS)
 
 
-def node_check(model: str, dst_fs: Any, dst_root: str, src_fs: Any, src_probe: str, token: str) -> list[str]:
+def node_check(model: str, dst_fs: Any, dst_root: str, src_fs: Any, src_probe: str, probe_name: str) -> list[str]:
     """Run on every machine before the job: the weights, the first input and the destination must be there."""
     host = socket.gethostname()
     problems = []
@@ -531,7 +536,7 @@ def node_check(model: str, dst_fs: Any, dst_root: str, src_fs: Any, src_probe: s
                             f"(an object store URL or a shared folder)")
     except OSError as exc:
         problems.append(f"{host}: cannot read the input {src_probe}: {_reason(exc)}")
-    probe = posixpath.join(dst_root, STATE_DIR, f"probe-{token}-{host}")
+    probe = posixpath.join(dst_root, STATE_DIR, probe_name)
     try:
         write_file(dst_fs, probe, b"ddcolor archive write check\n")
     except OSError as exc:
@@ -720,7 +725,7 @@ def start_ray(args: argparse.Namespace) -> bool:
 
     if ray.is_initialized():  # tests and notebooks: use the session that is already there
         return False
-    quiet = {"logging_level": logging.DEBUG if args.verbose else logging.WARNING, "log_to_driver": args.verbose}
+    quiet = {"logging_level": logging.DEBUG if args.verbose else logging.ERROR, "log_to_driver": args.verbose}
     if args.address:
         _check_reachable(args.address)
         try:
@@ -741,7 +746,8 @@ def preflight(plan: Plan, args: argparse.Namespace) -> int:
     check = ray.remote(num_cpus=0)(node_check)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(args.model, plan.dst_fs, plan.dst_root, plan.src_fs, plan.todo[0].src, token) for n in nodes]
+            .remote(args.model, plan.dst_fs, plan.dst_root, plan.src_fs, plan.todo[0].src, f"probe-{token}-{i}")
+            for i, n in enumerate(nodes)]
     try:
         problems = [p for found in ray.get(refs, timeout=300) for p in found]
     except ray.exceptions.GetTimeoutError as exc:
@@ -751,13 +757,12 @@ def preflight(plan: Plan, args: argparse.Namespace) -> int:
         raise SetupError("not every machine of the cluster can do the job:\n  " + "\n  ".join(problems))
     # the probes of every machine must be visible from here: otherwise DST is not one shared place
     state = posixpath.join(plan.dst_root, STATE_DIR)
-    probes = [p for p in plan.dst_fs.glob(posixpath.join(state, f"probe-{token}-*"))]
-    hosts = {n.get("NodeManagerHostname") or n.get("NodeManagerAddress") for n in nodes}
+    probes = list(plan.dst_fs.glob(posixpath.join(state, f"probe-{token}-*")))
     for probe in probes:
         with contextlib.suppress(OSError):
             plan.dst_fs.rm_file(probe)
-    if len(probes) < len(hosts):
-        raise SetupError(f"{args.dst} is not shared by the cluster's {len(hosts)} machines (this machine sees the "
+    if len(probes) < len(nodes):
+        raise SetupError(f"{args.dst} is not shared by the cluster's {len(nodes)} machines (this machine sees the "
                          f"check files of only {len(probes)}); use an object-store URL or a shared folder for DST")
     return int(os.path.getsize(args.model)) if os.path.isfile(args.model) else 0
 
