@@ -294,9 +294,15 @@ class WorkerConfig:
 
 @dataclass
 class Decoded:
-    pixels: np.ndarray  # (H, W, 1 or 3) float32 in 0..1: what the network and the merge see
+    raw: np.ndarray  # (H, W, 1 or 3) as decoded (uint8, uint16, int32 or float32): small to send between stages
+    divisor: float  # raw / divisor = 0..1
     alpha: np.ndarray | None  # (H, W) uint8, put back unchanged
     exif: bytes | None  # the input's EXIF with its orientation reset, copied onto the result
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """(H, W, 1 or 3) float32 in 0..1: what the network and the merge see."""
+        return np.clip(self.raw.astype(np.float32) / np.float32(self.divisor), 0.0, 1.0)
 
 
 def decode_image(data: bytes) -> Decoded:
@@ -312,31 +318,29 @@ def decode_image(data: bytes) -> Decoded:
         alpha = None
         mode = img.mode
         if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-            arr = np.asarray(img).astype(np.float32)
-            high = 65535.0 if mode.startswith("I;16") or float(arr.max(initial=0)) > 255 else 255.0
-            pixels = (arr / high)[..., None]
+            raw = np.asarray(img)
+            divisor = 65535.0 if mode.startswith("I;16") or int(raw.max(initial=0)) > 255 else 255.0
         elif mode == "F":
-            pixels = np.asarray(img, dtype=np.float32)[..., None]
+            raw, divisor = np.asarray(img, dtype=np.float32), 1.0
         else:
             if mode in ("LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in img.info):
                 img = img.convert("RGBA")
             elif mode not in ("L", "RGB", "RGBA"):
                 img = img.convert("RGB")  # CMYK, YCbCr, P, 1, LAB, HSV
-            arr = np.asarray(img)
+            raw, divisor = np.asarray(img), 255.0
             if img.mode == "RGBA":
-                alpha = np.ascontiguousarray(arr[..., 3])
-                arr = arr[..., :3]
-            pixels = arr.astype(np.float32) * np.float32(1 / 255)
-            if pixels.ndim == 2:
-                pixels = pixels[..., None]
+                alpha = np.ascontiguousarray(raw[..., 3])
+                raw = np.ascontiguousarray(raw[..., :3])
+        if raw.ndim == 2:
+            raw = raw[..., None]
         exif_bytes = None
         if len(exif):
             if 0x0112 in exif:
                 exif[0x0112] = 1
             exif_bytes = exif.tobytes()
-    if pixels.shape[0] < 1 or pixels.shape[1] < 1:
-        raise ValueError(f"the image is empty ({pixels.shape[1]}x{pixels.shape[0]} pixels)")
-    return Decoded(np.clip(pixels, 0.0, 1.0), alpha, exif_bytes)
+    if raw.shape[0] < 1 or raw.shape[1] < 1:
+        raise ValueError(f"the image is empty ({raw.shape[1]}x{raw.shape[0]} pixels)")
+    return Decoded(raw, divisor, alpha, exif_bytes)
 
 
 def encode_png(rgb: np.ndarray, alpha: np.ndarray | None, exif: bytes | None) -> bytes:
@@ -499,9 +503,12 @@ class FusedColorizer:
 
 
 def load_task(batch: dict, cfg: WorkerConfig) -> dict:
-    """Split pipeline, CPU task: decode and prepare. Each row travels on as one pickled payload."""
+    """Split pipeline, CPU task: decode and prepare. ``head`` (names, network input: small) goes to the model
+    actor; ``body`` (the decoded photo, in its own 8 or 16 bits) passes it unopened to the finishing task."""
     rows = load_stage(cfg, _rows(batch))
-    return {"payload": np.array([pickle.dumps(r, protocol=5) for r in rows], dtype=object)}
+    heads = [pickle.dumps({k: v for k, v in r.items() if k != "decoded"}, protocol=5) for r in rows]
+    bodies = [pickle.dumps(r.get("decoded"), protocol=5) for r in rows]
+    return {"head": np.array(heads, dtype=object), "body": np.array(bodies, dtype=object)}
 
 
 class Predictor:
@@ -512,15 +519,20 @@ class Predictor:
         self.model = load_model(cfg)
 
     def __call__(self, batch: dict) -> dict:
-        rows = [pickle.loads(p) for p in batch["payload"]]
+        rows = [pickle.loads(h) for h in batch["head"]]
         _maybe_crash(self.cfg, [r["rel"] for r in rows])
         rows = predict_stage(self.model, rows, self.batch_size)
-        return {"payload": np.array([pickle.dumps(r, protocol=5) for r in rows], dtype=object)}
+        return {"head": np.array([pickle.dumps(r, protocol=5) for r in rows], dtype=object), "body": batch["body"]}
 
 
 def finish_task(batch: dict, cfg: WorkerConfig) -> dict:
     """Split pipeline, CPU task: merge, encode and write."""
-    return _columns(finish_stage(cfg, [pickle.loads(p) for p in batch["payload"]]), _RESULT_KEYS)
+    rows = []
+    for head, body in zip(batch["head"], batch["body"], strict=True):
+        row = pickle.loads(head)
+        row["decoded"] = pickle.loads(body)
+        rows.append(row)
+    return _columns(finish_stage(cfg, rows), _RESULT_KEYS)
 
 
 def node_check(model: str, dst_fs: Any, dst_root: str, src_fs: Any, src_probe: str, probe_name: str) -> list[str]:
