@@ -202,7 +202,7 @@ def test_a_photo_that_always_kills_its_worker_fails_alone(ray_address, scans, tm
                             "--batch-size", "1", "--retries", "1", "--no-progress"], capsys)
     assert len(marker.read_text().split()) == 2, "expected one try and one retry"
     assert code == arc.EXIT_FAILED, out
-    assert "Colorized 2 photo(s)" in out and "scan02.png: its batch failed 2 times" in out
+    assert "Colorized 2 photo(s)" in out and "scan02.png: its batch failed 2 times" in out, out
     assert sorted(p.name for p in dst.glob("*.png")) == ["scan00.png", "scan04.png"]
     assert _manifest(dst)["scan02.png"]["ok"] is False
 

@@ -824,7 +824,10 @@ def build_dataset(plan: Plan, layout: Layout, cfg: WorkerConfig, retries: int):
     # max_task_retries has no named parameter yet, only the ray_remote_args (deprecated, removed in 2.64;
     # the extra pins ray below that).
     actor_args = {"max_restarts": -1, "max_task_retries": max(0, retries)}
-    pool = ray.data.ActorPoolStrategy(size=layout.actors)
+    # A CPU actor takes one batch at a time: when a photo kills it, no queued neighbour batch is charged a retry.
+    # The GPU actor keeps Ray's default of 2 queued (its input arrives while it computes; it never decodes).
+    pool = ray.data.ActorPoolStrategy(size=layout.actors,
+                                      max_tasks_in_flight_per_actor=1 if layout.pipeline == "fused" else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         return _stages(ds, layout, cfg, retries, pool, actor_args)
