@@ -562,3 +562,10 @@ def test_lost_three_times_is_a_failure(tmp_path):
     runner, server, _out, _jobs = _run_batch(tmp_path, ["lost", "lost", "lost"], count=1)
     assert len(server.queued) == 3 and not runner.outcomes[0].ok
     assert "lost this image 3 times" in runner.outcomes[0].reason
+
+
+def test_output_names_is_the_public_rule():
+    # other tools (the archive command) write results with exactly these names
+    assert bj.output_names(["a.jpg", "sub/b.tif", "c.jpg", "c.png"]) == [
+        ("a.png", "a.compare.png"), ("sub/b.png", "sub/b.compare.png"),
+        ("c.jpg.png", "c.jpg.compare.png"), ("c.png.png", "c.png.compare.png")]

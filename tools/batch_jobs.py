@@ -3,7 +3,8 @@
 Nothing here talks to the server, so all of it is unit-tested without one:
 
 * :func:`discover` finds the input images (recursive, by extension, hidden files skipped);
-* :func:`plan_jobs` maps every input to ``OUT/<same relative path>/<stem>.png`` (and ``<stem>.compare.png``);
+* :func:`output_names` (the file name rules, also used by other tools) and :func:`plan_jobs` map every input
+  to ``OUT/<same relative path>/<stem>.png`` (and ``<stem>.compare.png``);
 * :class:`Manifest` remembers, in ``OUT/.ddcolor-batch.json``, the fingerprint (size, mtime, sha256) of the
   input and the settings each output was made with, so a rerun skips finished work;
 * :func:`prepare_upload` decodes an image, applies its EXIF orientation and returns the bytes to upload;
@@ -138,14 +139,17 @@ class Job:
         return out_dir.joinpath(*self.compare_rel.split("/"))
 
 
-def plan_jobs(files: Sequence[Path], base: Path) -> list[Job]:
-    """Map inputs to outputs: ``base/sub/name.jpg`` -> ``sub/name.png`` (+ ``sub/name.compare.png``).
+def output_names(rels: Sequence[str]) -> list[tuple[str, str]]:
+    """The output file name rules, shared by every tool that writes colorized copies of a folder tree.
+
+    ``rels`` are input paths relative to the mirrored folder, with ``/`` separators; the result is, for each,
+    ``(result_rel, compare_rel)``: ``sub/name.jpg`` -> ``("sub/name.png", "sub/name.compare.png")``.
 
     When two inputs would land on the same output (``a.jpg`` and ``a.png``, or ``a.compare.jpg`` against the
     comparison image of ``a.jpg``), the clashing ones keep their extension instead: ``a.jpg.png``,
-    ``a.png.png``. Clashes are judged case-insensitively (Windows and macOS file systems).
+    ``a.png.png``. Clashes are judged case-insensitively (Windows and macOS file systems). The answer for one
+    path depends on the other paths in ``rels`` (only through such clashes), so pass the whole tree at once.
     """
-    rels = [f.relative_to(base).as_posix() for f in files]
 
     def names(rel: str, keep_ext: bool) -> tuple[str, str]:
         parent, _, name = rel.rpartition("/")
@@ -164,11 +168,16 @@ def plan_jobs(files: Sequence[Path], base: Path) -> list[Job]:
             break
         for i in clashing:
             keep_ext[i] = True
-    jobs = []
-    for i, (src, rel) in enumerate(zip(files, rels, strict=True)):
-        out_rel, compare_rel = names(rel, keep_ext[i])
-        jobs.append(Job(src=src, rel=rel, out_rel=out_rel, compare_rel=compare_rel))
-    return jobs
+    return [names(rel, keep_ext[i]) for i, rel in enumerate(rels)]
+
+
+def plan_jobs(files: Sequence[Path], base: Path) -> list[Job]:
+    """Map inputs to outputs with :func:`output_names`: ``base/sub/name.jpg`` -> ``sub/name.png``."""
+    rels = [f.relative_to(base).as_posix() for f in files]
+    return [
+        Job(src=src, rel=rel, out_rel=out_rel, compare_rel=compare_rel)
+        for src, rel, (out_rel, compare_rel) in zip(files, rels, output_names(rels), strict=True)
+    ]
 
 
 def check_output_dir(out_dir: Path, jobs: Sequence[Job]) -> None:
