@@ -366,7 +366,7 @@ def test_progress_line_counts_rate_and_eta():
     progress.done(job, True)
     progress.done(job, False, "bad")
     line = progress.line()
-    assert "2/4" in line and "0.20 img/s" in line and "ETA 10s" in line and "1 failed" in line
+    assert "2/4" in line and "0.10 img/s" in line and "ETA 10s" in line and "1 failed" in line
     assert "a.jpg FAILED (bad)" in stream.getvalue()  # not a terminal: one line per image
 
 
@@ -514,14 +514,14 @@ class FakeServer:
         self.cancelled.extend(ids)
 
 
-def _run_batch(tmp_path, script, count=2):
+def _run_batch(tmp_path, script, count=2, names=None):
     import asyncio
 
     from tools.batch_colorize import Runner
 
     src = tmp_path / "in"
-    for i in range(count):
-        _img(src / f"p{i}.jpg", color=(10 * i, 10 * i, 10 * i))
+    for i, name in enumerate(names or [f"p{i}.jpg" for i in range(count)]):
+        _img(src / name, color=(10 * i, 10 * i, 10 * i))
     jobs = bj.plan_jobs(bj.discover([src]).files, src.resolve())
     wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "x"}},
           "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "p"}}}
@@ -569,3 +569,71 @@ def test_output_names_is_the_public_rule():
     assert bj.output_names(["a.jpg", "sub/b.tif", "c.jpg", "c.png"]) == [
         ("a.png", "a.compare.png"), ("sub/b.png", "sub/b.compare.png"),
         ("c.jpg.png", "c.jpg.compare.png"), ("c.png.png", "c.png.compare.png")]
+
+
+# --------------------------------------------------------------------------------------------- issue 9: hostile inputs
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://[::1", "http://:8188",
+                                 "ftp://host", "http://"])
+def test_a_server_url_that_does_not_parse_is_a_one_line_usage_error(tmp_path, capsys, url):
+    _img(tmp_path / "in" / "a.jpg")
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--server", url])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "--server" in err and "http://127.0.0.1:8188" in err, err  # says what is wrong and what would do
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_equal_to_the_input_folder_is_refused_on_every_run(tmp_path, capsys):
+    album = tmp_path / "album"
+    _img(album / "photo_00.jpg")
+    _img(album / "sub" / "photo_01.jpg")
+    before = sorted(p.relative_to(album).as_posix() for p in album.rglob("*"))
+    for _ in range(2):  # the "resume" would otherwise colorize the first run's outputs
+        with pytest.raises(SystemExit) as exc:
+            main([str(album), "-o", str(album), "--server", "http://127.0.0.1:9", "--compare"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"output folder {album} is the input folder" in err and "-o" in err, err
+        assert sorted(p.relative_to(album).as_posix() for p in album.rglob("*")) == before
+    # the same for an output folder above two inputs, whose results would land inside them
+    with pytest.raises(SystemExit) as exc:
+        main([str(album / "photo_00.jpg"), str(album / "sub"), "-o", str(album), "--dry-run"])
+    assert exc.value.code == 2 and "picked up as inputs" in capsys.readouterr().err
+    # an output folder inside the input folder is fine: it is never scanned
+    assert main([str(album), "-o", str(album / "colorized"), "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("stem", ["L" * 240, "é" * 120])
+def test_names_that_fit_as_outputs_work(tmp_path, stem):
+    assert len((stem + ".compare.png").encode()) <= 255
+    target = tmp_path / f"{stem}.compare.png"
+    bj.write_atomic(target, b"data")
+    assert target.read_bytes() == b"data" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+    runner, _server, out, jobs = _run_batch(tmp_path, ["ok"], names=[f"{stem}.jpg"])
+    assert [o.ok for o in runner.outcomes] == [True], runner.outcomes
+    assert (out / f"{stem}.png").is_file()
+
+
+def test_a_file_pillow_cannot_identify_is_named_without_python_internals(tmp_path):
+    path = tmp_path / "scan 12.jpg"
+    path.write_bytes(b"GIF89a but not really")
+    with pytest.raises(bj.ImageReadError) as exc:
+        bj.prepare_upload(path)
+    assert str(path) in str(exc.value) and "BytesIO" not in str(exc.value) and " at 0x" not in str(exc.value)
+    assert "not an image Pillow can identify" in str(exc.value)
+
+
+def test_img_per_second_counts_only_completed_images():
+    stream = io.StringIO()
+    progress = Progress(10, stream)
+    progress.t0 -= 2.0
+    job = bj.Job(Path("/x/a.jpg"), "a.jpg", "a.png", "a.compare.png")
+    for _ in range(4):
+        progress.done(job, False, "cannot read")
+    assert "0.00 img/s" in progress.line(), progress.line()
+    progress.done(job, True)
+    assert "0.50 img/s" in progress.line(), progress.line()

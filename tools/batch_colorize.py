@@ -116,8 +116,9 @@ class Progress:
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.t0
-        rate = self.finished / elapsed if elapsed > 0 and self.finished else 0.0
-        eta = (self.total - self.finished) / rate if rate else None
+        rate = self.ok / elapsed if elapsed > 0 and self.ok else 0.0  # failures (often instant) are not work done
+        pace = self.finished / elapsed if elapsed > 0 and self.finished else 0.0
+        eta = (self.total - self.finished) / pace if rate and pace else None
         pct = 100.0 * self.finished / self.total if self.total else 100.0
         width = 20
         filled = int(width * self.finished / self.total) if self.total else width
@@ -555,7 +556,8 @@ def make_plan(args: argparse.Namespace, hold: contextlib.ExitStack | None = None
     if not found.files:
         raise InputError(f"no images found in {', '.join(args.inputs)} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     jobs = plan_jobs(found.files, found.base)
-    check_output_dir(out_dir, jobs)
+    input_dirs = [Path(p).expanduser() for p in args.inputs if Path(p).expanduser().is_dir()]
+    check_output_dir(out_dir, jobs, input_dirs)
     if hold is not None:
         hold.enter_context(OutputLock(out_dir))
     manifest = Manifest(out_dir)

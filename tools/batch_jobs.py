@@ -180,15 +180,34 @@ def plan_jobs(files: Sequence[Path], base: Path) -> list[Job]:
     ]
 
 
-def check_output_dir(out_dir: Path, jobs: Sequence[Job]) -> None:
-    """Refuse an output folder that would overwrite an input."""
+def check_output_dir(out_dir: Path, jobs: Sequence[Job], input_dirs: Sequence[Path] = ()) -> None:
+    """Refuse an output folder whose results would overwrite an input or be picked up as inputs next time.
+
+    The rule (chosen over silently skipping our own files): results must not land in a scanned input folder.
+    ``-o`` equal to an input folder, or a folder above it, is refused; an output folder *inside* an input
+    folder is fine, because :func:`discover` never scans it.
+    """
+    out_dir = out_dir.resolve()
+    scanned = [d.resolve() for d in input_dirs]
+    for folder in scanned:
+        if out_dir == folder:
+            raise InputError(
+                f"output folder {out_dir} is the input folder: the results would sit between the photos and be "
+                f"picked up as inputs by the next run; choose another output folder with -o "
+                f"(e.g. -o {out_dir.parent / (out_dir.name + '_colorized')})"
+            )
     inputs = {j.src for j in jobs}
     for job in jobs:
         for target in (job.out_path(out_dir), job.compare_path(out_dir)):
-            if target.resolve() in inputs:
+            if target in inputs:
                 raise InputError(
                     f"output {target} would overwrite the input image of the same name; "
                     f"choose an output folder (-o) different from the input folder"
+                )
+            if any(_inside(target, folder) and not _inside(out_dir, folder) for folder in scanned):
+                raise InputError(
+                    f"output folder {out_dir} contains an input folder: results such as {target} would be "
+                    f"picked up as inputs by the next run; choose an output folder outside the inputs with -o"
                 )
 
 
@@ -293,7 +312,9 @@ def _has_size(path: Path, size: object) -> bool:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either the old file or the complete new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    # short, whatever the final name's length: any name that fits as an output fits as its temporary file too
+    token = hashlib.sha256(f"{path.name}\0{os.getpid()}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    tmp = path.with_name(f".{token}{PARTIAL_SUFFIX}")
     try:
         with tmp.open("wb") as fh:
             fh.write(data)
@@ -391,7 +412,10 @@ class Prepared:
 
 
 def _read_error(path: Path, exc: BaseException) -> ImageReadError:
-    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, Image.UnidentifiedImageError):  # its text names a BytesIO object, not the file
+        detail = "not an image Pillow can identify (unknown or damaged format)"
+    else:
+        detail = str(exc) or type(exc).__name__
     return ImageReadError(
         f"cannot read image {path}: {detail}. The file may be damaged, truncated, or not really a "
         f"{path.suffix or 'image'} file; open it in an image viewer, save it again as JPEG or PNG, and rerun"

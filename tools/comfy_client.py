@@ -52,13 +52,25 @@ class _TransientError(Exception):
 
 
 def normalise_url(url: str) -> str:
-    """``127.0.0.1:8188`` -> ``http://127.0.0.1:8188`` (no trailing slash); raises ``ValueError`` if unusable."""
-    url = url.strip()
-    if "://" not in url:
-        url = "http://" + url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"--server {url!r} is not an http(s) URL; use e.g. http://127.0.0.1:8188")
+    """``127.0.0.1:8188`` -> ``http://127.0.0.1:8188`` (no trailing slash); raises ``ValueError`` if unusable.
+
+    The message is one line that names the URL and shows a good one, for the command line to print as is.
+    """
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    example = "use e.g. http://127.0.0.1:8188"
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise ValueError(f"--server {url!r} is not a valid URL ({exc}); {example}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"--server {url!r} is not an http(s) URL; {example}")
+    if not parts.hostname:
+        raise ValueError(f"--server {url!r} has no host name; {example}")
+    if port == 0:
+        raise ValueError(f"--server {url!r}: port 0 is not a port a server listens on; {example}")
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
