@@ -280,7 +280,8 @@ class Manifest:
         entry["input_mtime_ns"] = stat.st_mtime_ns  # same content, new mtime: remember it for next time
         return True, digest
 
-    def record(self, job: Job, settings: str, input_sha256: str, stat: os.stat_result, compare: bool) -> None:
+    def record(self, job: Job, settings: str, input_sha256: str, stat: os.stat_result, compare: bool,
+               server: str | None = None) -> None:
         out = job.out_path(self.out_dir)
         cmp_path = job.compare_path(self.out_dir)
         self.entries[job.out_rel] = {
@@ -293,6 +294,8 @@ class Manifest:
             "compare_size": cmp_path.stat().st_size if compare else None,
             "done_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if server:
+            self.entries[job.out_rel]["server"] = server  # which ComfyUI made it (several may share a batch)
 
     def save(self) -> None:
         data = {"version": MANIFEST_VERSION, "tool": "ComfyUI-DDColor batch_colorize", "entries": self.entries}

@@ -29,8 +29,13 @@ _TRANSIENT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, 
 class ServerUnavailableError(Exception):
     """The server could not be reached for longer than the retry timeout (ends the batch, not one image).
 
-    Deliberately not an ``OSError``: per-image error handling must not swallow it.
+    Deliberately not an ``OSError``: per-image error handling must not swallow it. ``reason`` is the last
+    connection error in a few words.
     """
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class HTTPError(RuntimeError):
@@ -93,7 +98,10 @@ def format_prompt_error(payload: object) -> str:
                 continue
             for err in info.get("errors") or []:
                 if isinstance(err, dict):
-                    detail = err.get("details") or err.get("message") or ""
+                    # "details" names the input ("chroma"), "message" says what is wrong with it
+                    # ("Value 5.0 bigger than max of 2.0"): keep both
+                    bits = [str(err[k]).strip() for k in ("details", "message") if err.get(k)]
+                    detail = ": ".join(dict.fromkeys(b for b in bits if b)) or str(err.get("type") or "invalid")
                     parts.append(f"node {node_id} ({info.get('class_type', '?')}): {detail}")
     return "; ".join(p for p in parts if p) or json.dumps(payload)[:500]
 
@@ -179,7 +187,7 @@ class ComfyClient:
             except (_TransientError, *_TRANSIENT_ERRORS) as exc:
                 reason = str(exc) or type(exc).__name__
                 if not retry:
-                    raise ServerUnavailableError(f"cannot reach ComfyUI at {self.url}: {reason}") from exc
+                    raise ServerUnavailableError(f"cannot reach ComfyUI at {self.url}: {reason}", reason) from exc
                 now = time.monotonic()
                 if self._down_since is None:
                     self._down_since = now
@@ -187,7 +195,7 @@ class ComfyClient:
                 if waited > self.retry_timeout:
                     raise ServerUnavailableError(
                         f"ComfyUI at {self.url} has been unreachable for {waited:.0f} s ({reason}); "
-                        f"start it again and rerun the same command to resume"
+                        f"start it again and rerun the same command to resume", reason
                     ) from exc
                 if self.on_retry is not None:
                     self.on_retry(reason, waited)
@@ -223,27 +231,44 @@ class ComfyClient:
         sub = answer.get("subfolder") or ""
         return f"{sub}/{answer['name']}" if sub else answer["name"]
 
-    async def queue_prompt(self, workflow: dict, prompt_id: str) -> str:
-        """Queue ``workflow``; returns the prompt id (ours, unless the server is too old to accept it)."""
-        body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
+    async def submit(self, workflow: dict, prompt_id: str, extra_data: dict | None = None) -> dict:
+        """``POST /prompt``; returns the answer (``prompt_id``, ``number``, ``node_errors``).
+
+        A 200 answer can still carry ``node_errors``: the server runs the outputs that passed validation and
+        drops the others. ``extra_data`` is kept by the server with the prompt (``/queue``, ``/history``).
+        """
+        body: dict = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
+        if extra_data:
+            body["extra_data"] = extra_data
         answer = await self.request("POST", "/prompt", json_body=body)
         if not isinstance(answer, dict) or "prompt_id" not in answer:
             raise RuntimeError(f"unexpected answer from /prompt: {answer!r}")
-        return str(answer["prompt_id"])
+        return answer
+
+    async def queue_prompt(self, workflow: dict, prompt_id: str, extra_data: dict | None = None) -> str:
+        """Queue ``workflow``; returns the prompt id (ours, unless the server is too old to accept it)."""
+        return str((await self.submit(workflow, prompt_id, extra_data))["prompt_id"])
 
     async def history(self, prompt_id: str) -> dict | None:
         answer = await self.request("GET", f"/history/{prompt_id}")
         return answer.get(prompt_id) if isinstance(answer, dict) else None
 
-    async def queued_ids(self) -> set[str]:
+    async def history_all(self) -> dict[str, dict]:
+        """Every ``/history`` entry the server keeps (it keeps the last 10000 prompts), by prompt id."""
+        answer = await self.request("GET", "/history")
+        return answer if isinstance(answer, dict) else {}
+
+    async def queue_items(self) -> list[list]:
+        """The running and pending prompts: ``[number, prompt_id, prompt, extra_data, outputs, ...]`` each."""
         answer = await self.request("GET", "/queue")
-        ids: set[str] = set()
+        items: list[list] = []
         if isinstance(answer, dict):
             for key in ("queue_running", "queue_pending"):
-                for item in answer.get(key) or []:
-                    if isinstance(item, list) and len(item) > 1:
-                        ids.add(str(item[1]))
-        return ids
+                items.extend(i for i in answer.get(key) or [] if isinstance(i, list) and len(i) > 1)
+        return items
+
+    async def queued_ids(self) -> set[str]:
+        return {str(item[1]) for item in await self.queue_items()}
 
     async def view(self, image: dict) -> bytes:
         params = {"filename": image["filename"], "subfolder": image.get("subfolder", ""),
