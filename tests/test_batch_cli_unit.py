@@ -875,3 +875,58 @@ def test_output_folder_that_cannot_be_written_stops_the_batch(tmp_path, monkeypa
     assert runner.fatal and "No space left on device" in runner.fatal and "-o" in runner.fatal
     assert len(runner.unfinished) >= 3 and not [o for o in runner.outcomes if not o.ok]
     assert len(server.queued) <= 2
+
+
+def test_an_output_folder_that_cannot_be_created_is_a_usage_error(tmp_path, capsys):
+    _img(tmp_path / "in" / "a.jpg")
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "in"), "-o", str(tmp_path / "file" / "out"), "--server", "http://127.0.0.1:9"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cannot write into the output folder {tmp_path / 'file' / 'out'}" in err and "-o" in err, err
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_a_usage_error(tmp_path, capsys):
+    _img(tmp_path / "in" / "a.jpg")
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main([str(tmp_path / "in"), "-o", str(out), "--server", "http://127.0.0.1:9"])
+        assert exc.value.code == 2 and "Permission denied" in capsys.readouterr().err
+    finally:
+        out.chmod(0o700)
+
+
+def test_a_server_that_comes_back_takes_photos_again(tmp_path):
+    import asyncio
+
+    from tools.comfy_client import ServerUnavailableError
+
+    a = FakeServer(["down"] + ["ok"] * 12, url="http://a:1")
+    b = FakeServer(["ok"] * 12, url="http://b:1")
+    original_stats = a.system_stats
+    calls = {"n": 0}
+
+    async def flaky(retry=False):
+        calls["n"] += 1
+        if calls["n"] == 2:  # unreachable for the first probe after it went down
+            raise ServerUnavailableError("cannot reach ComfyUI at http://a:1: refused", "refused")
+        return await original_stats()
+
+    a.system_stats = flaky
+    slow_submit = b.submit
+
+    async def slow(*args, **kw):  # b takes 0.3 s a photo, so a is back before the end
+        await asyncio.sleep(0.3)
+        return await slow_submit(*args, **kw)
+
+    b.submit = slow
+    runner, _a, out, jobs = _run_batch(tmp_path, None, count=12, servers=[a, b])
+    assert [o.ok for o in runner.outcomes] == [True] * 12 and not runner.unfinished
+    assert runner.slots[0].done >= 1, ("the server that came back did photos again", calls,
+                                       runner.progress.stream.getvalue())
+    assert runner.slots[0].done + runner.slots[1].done == 12

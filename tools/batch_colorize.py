@@ -328,7 +328,9 @@ class Runner:
         client = slot.client
         assert client is not None
         try:
-            await client.system_stats(retry=False)
+            stats = await client.system_stats(retry=False)
+            version = stats.get("system", {}).get("comfyui_version", "?") if isinstance(stats, dict) else "?"
+            log.debug("ComfyUI %s at %s", version, slot.url)
             if not slot.checked:
                 problem = await preflight(client, self.workflow, self.info)
                 if problem:
@@ -750,15 +752,11 @@ def _combo_options(spec: object) -> list | None:
 
 
 async def preflight(client: ComfyClient, workflow: dict, info: WorkflowInfo) -> str | None:
-    """``None`` if the server can run ``workflow``, else a message saying what is missing and what to do."""
-    try:
-        stats = await client.system_stats(retry=False)
-    except (ServerUnavailableError, HTTPError) as exc:
-        detail = str(exc) if isinstance(exc, ServerUnavailableError) else f"cannot reach ComfyUI at {client.url}: {exc}"
-        return (f"{detail}. Start ComfyUI, or point --server at it "
-                f"(e.g. --server http://192.168.1.20:8188; a server on another machine needs --listen)")
-    version = (stats or {}).get("system", {}).get("comfyui_version", "?") if isinstance(stats, dict) else "?"
-    log.debug("ComfyUI %s at %s", version, client.url)
+    """``None`` if the (reachable) server can run ``workflow``, else what is missing and what to do.
+
+    Raises :class:`ServerUnavailableError` when the server stops answering meanwhile (that is not a problem of
+    the workflow: the server is simply down for now).
+    """
     for class_type in sorted({n["class_type"] for n in workflow.values()}):
         definition = await client.object_info(class_type)
         if definition is None:
@@ -940,7 +938,11 @@ def make_plan(args: argparse.Namespace, hold: contextlib.ExitStack | None = None
     input_dirs = [Path(p).expanduser() for p in args.inputs if Path(p).expanduser().is_dir()]
     check_output_dir(out_dir, jobs, input_dirs)
     if hold is not None:
-        hold.enter_context(OutputLock(out_dir))
+        try:
+            hold.enter_context(OutputLock(out_dir))
+        except OSError as exc:  # read-only disk or folder, a file in the way, no permission
+            raise InputError(f"cannot write into the output folder {out_dir}: {exc.strerror or exc} "
+                             f"({exc.filename or out_dir}); choose a folder you can write to with -o") from None
     manifest = Manifest(out_dir)
     todo, skipped = [], []
     for job in jobs:

@@ -11,8 +11,10 @@ server has been unreachable for ``retry_timeout`` seconds in a row; then :class:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -132,9 +134,10 @@ class ComfyClient:
         retry_timeout: float = 300.0,
         on_retry: Callable[[str, float], None] | None = None,
         request_timeout: float = 300.0,
+        client_id: str | None = None,
     ):
         self.url = normalise_url(url)
-        self.client_id = uuid.uuid4().hex
+        self.client_id = client_id or uuid.uuid4().hex
         self.retry_timeout = retry_timeout
         self.on_retry = on_retry
         self.request_timeout = request_timeout
@@ -202,6 +205,15 @@ class ComfyClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
+    async def reply(self, method: str, path: str, *, json_body: object = None, params: dict | None = None,
+                    retry: bool = True) -> tuple[int, bytes]:
+        """``(status, body)`` of one call, whatever the status (for callers that look at a refusal themselves)."""
+        try:
+            body = await self.request(method, path, json_body=json_body, params=params, raw=True, retry=retry)
+        except HTTPError as exc:
+            return exc.status, exc.body
+        return 200, body  # type: ignore[return-value]
+
     async def system_stats(self, retry: bool = False) -> dict:
         return await self.request("GET", "/system_stats", retry=retry)  # type: ignore[return-value]
 
@@ -215,7 +227,12 @@ class ComfyClient:
             raise
         return data.get(class_type) if isinstance(data, dict) else None
 
-    async def upload_image(self, data: bytes, name: str, subfolder: str) -> str:
+    async def object_info_all(self) -> dict:
+        """Every node definition on the server (``GET /object_info``)."""
+        data = await self.request("GET", "/object_info")
+        return data if isinstance(data, dict) else {}
+
+    async def upload_image(self, data: bytes, name: str, subfolder: str = "", overwrite: bool = False) -> str:
         """Upload into the server's input folder; returns the name LoadImage takes (``subfolder/name``)."""
 
         def form() -> aiohttp.FormData:
@@ -223,6 +240,8 @@ class ComfyClient:
             fd.add_field("image", data, filename=name, content_type="application/octet-stream")
             fd.add_field("subfolder", subfolder)
             fd.add_field("type", "input")
+            if overwrite:
+                fd.add_field("overwrite", "true")
             return fd
 
         answer = await self.request("POST", "/upload/image", form=form)
@@ -283,6 +302,10 @@ class ComfyClient:
         for pid in prompt_ids:
             await self.request("POST", "/interrupt", json_body={"prompt_id": pid}, retry=False)
 
+    async def interrupt(self, prompt_id: str | None = None) -> None:
+        """Stop the running prompt (only if it is ``prompt_id``, when given; ComfyUI before 0.3.44 ignores it)."""
+        await self.request("POST", "/interrupt", json_body={"prompt_id": prompt_id} if prompt_id else {})
+
     # ------------------------------------------------------------------------------------------ events
 
     def ws_url(self) -> str:
@@ -321,3 +344,69 @@ class ComfyClient:
                 on_event({"type": "_disconnected"})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+class SyncComfyClient:
+    """The same client for code that does not use asyncio (scripts, tests): every method blocks.
+
+    It runs a :class:`ComfyClient` on a private event loop in a daemon thread, so there is one implementation of
+    the API. With ``on_event`` it also follows ``/ws`` and calls ``on_event(event)`` (from that thread) for every
+    message, as :meth:`ComfyClient.listen` does; ``connect`` waits until the websocket is connected.
+    """
+
+    def __init__(self, url: str, *, retry_timeout: float = 0.0, request_timeout: float = 300.0,
+                 client_id: str | None = None, on_event: Callable[[dict], None] | None = None,
+                 connect_timeout: float = 30.0):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="comfy-client", daemon=True)
+        self._thread.start()
+        self._client = ComfyClient(url, retry_timeout=retry_timeout, request_timeout=request_timeout,
+                                   client_id=client_id)
+        self._listener: asyncio.Future | None = None
+        self.url = self._client.url
+        self.client_id = self._client.client_id
+        self._call(self._client.__aenter__())
+        if on_event is not None:
+            connected = threading.Event()
+
+            def forward(event: dict) -> None:
+                if event.get("type") == "_connected":
+                    connected.set()
+                on_event(event)
+
+            self._listener = asyncio.run_coroutine_threadsafe(self._client.listen(forward), self._loop)
+            if not connected.wait(connect_timeout):
+                self.close()
+                raise ServerUnavailableError(f"no websocket connection to {self.url}/ws within {connect_timeout:.0f} s")
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __getattr__(self, name: str):
+        """Every coroutine method of :class:`ComfyClient` (``history``, ``submit``, ``view`` ...), blocking."""
+        attr = getattr(self._client, name)
+        if not asyncio.iscoroutinefunction(attr) or name in ("listen", "__aenter__", "__aexit__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self._call(attr(*args, **kwargs))
+
+    @property
+    def ws_connected(self) -> bool:
+        return self._client.ws_connected
+
+    def close(self) -> None:
+        if not self._loop.is_running():
+            return
+        if self._listener is not None:
+            self._loop.call_soon_threadsafe(self._listener.cancel)
+        with contextlib.suppress(RuntimeError):
+            self._call(self._client.__aexit__(None, None, None))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def __enter__(self) -> SyncComfyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
