@@ -157,6 +157,13 @@ class ComfyServer:
             self.client = None
         self.process.stop()
 
+    def kill(self) -> None:
+        """``kill -9`` the server (no clean shutdown, as a crash would); ``start()`` brings it back."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        self.process.kill()
+
     def restart(self, timeout: float = 240.0) -> None:
         """Stop and start again on the same folders (same port unless it was taken meanwhile)."""
         self.stop()
