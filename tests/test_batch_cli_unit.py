@@ -774,7 +774,7 @@ def _earlier_prompt(tmp_path, job, done: bool):
 
     wf, info = aw.apply_settings(_FLOW, aw.Settings())
     prompt = aw.for_image(wf, info, "ddcolor_batch/earlier.jpg", "p")
-    extra = {"ddcolor_batch": job_tag(job, "S", False), "client_id": "killed-run"}
+    extra = {"ddcolor_batch": job_tag(job, tmp_path / "out", "S", False), "client_id": "killed-run"}
     if done:
         return {"old-done": _ok_entry(prompt, extra)}, []
     return {}, [[1, "old-queued", prompt, extra, ["9"]]]
@@ -930,3 +930,25 @@ def test_a_server_that_comes_back_takes_photos_again(tmp_path):
     assert runner.slots[0].done >= 1, ("the server that came back did photos again", calls,
                                        runner.progress.stream.getvalue())
     assert runner.slots[0].done + runner.slots[1].done == 12
+
+
+def test_a_collected_prompt_whose_files_are_gone_is_colorized_again(tmp_path):
+    from tools.comfy_client import HTTPError
+
+    src = tmp_path / "in"
+    for i in range(2):
+        _img(src / f"p{i}.jpg", color=(10 * i, 10 * i, 10 * i))
+    jobs = bj.plan_jobs(bj.discover([src]).files, src.resolve())
+    history, _queue = _earlier_prompt(tmp_path, jobs[0], done=True)
+    server = FakeServer(["ok", "ok"], history=history)
+    real_view = server.view
+
+    async def view(image):
+        if "earlier" in image["filename"]:  # someone emptied ComfyUI/output meanwhile
+            raise HTTPError("GET", "/view", 404, b"")
+        return await real_view(image)
+
+    server.view = view
+    runner, *_ = _run_batch(tmp_path, None, servers=[server], limit=1)
+    assert [o.ok for o in runner.outcomes] == [True, True], runner.outcomes
+    assert len(server.queued) == 2

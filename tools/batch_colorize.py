@@ -231,18 +231,20 @@ class Slot:
     down_noted: bool = False
 
 
-def job_tag(job: Job, settings_id: str, compare: bool) -> str:
-    """What identifies one image's prompt on a server (kept in its ``extra_data``): same input file, same settings.
+def job_tag(job: Job, out_dir: Path, settings_id: str, compare: bool) -> str:
+    """What identifies one image's prompt on a server (kept in its ``extra_data``).
 
-    A run killed with ``kill -9`` leaves its prompts running on the server; the next run finds them by this tag
-    and collects their results instead of queueing the photos again.
+    Same output folder, same input file (path, size, mtime), same settings. A run killed with ``kill -9`` leaves
+    its prompts running on the server; the next run into the same folder finds them by this tag and collects
+    their results instead of queueing the photos again.
     """
     try:
         stat = job.src.stat()
         fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
     except OSError:
         fingerprint = "?"
-    return settings_hash({"settings": settings_id, "input": job.rel, "file": fingerprint, "compare": compare})
+    return settings_hash({"settings": settings_id, "out": str(out_dir), "input": str(job.src), "out_rel": job.out_rel,
+                          "file": fingerprint, "compare": compare})
 
 
 class Runner:
@@ -558,8 +560,19 @@ class Runner:
         except ImageReadError as exc:
             return Outcome(job, False, str(exc))
         tag = self.tags[job.out_rel]
+        found = slot.found.pop(tag, None)
+        if found is not None:
+            outcome = await self._attempt(job, slot, prepared, tag, found)
+            if outcome is not None and outcome.ok:
+                return outcome
+            # the earlier run's prompt cannot be used (lost, failed, or its files were deleted on the server)
+            log.debug("%s: the earlier prompt %s gave %s; colorizing it again", job.rel, found, outcome)
+        return await self._attempt(job, slot, prepared, tag, None)
+
+    async def _attempt(self, job: Job, slot: Slot, prepared, tag: str, pid: str | None) -> Outcome | None:
+        """Send the photo (or, with ``pid``, follow a prompt already on the server) and save the result."""
+        assert slot.client is not None
         partial = ""
-        pid = slot.found.pop(tag, None)
         try:
             if pid is None:
                 image_name = await slot.client.upload_image(
@@ -659,7 +672,7 @@ class Runner:
     async def run(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             self.state[job.out_rel] = "queued"
-            tag = job_tag(job, self.settings_id, self.compare)
+            tag = job_tag(job, self.out_dir, self.settings_id, self.compare)
             self.tags[job.out_rel] = tag
             self.by_tag[tag] = job
         self.queue.extend(jobs)
