@@ -674,8 +674,9 @@ def test_output_folder_equal_to_the_input_folder_is_refused_on_every_run(tmp_pat
     with pytest.raises(SystemExit) as exc:
         main([str(album / "photo_00.jpg"), str(album / "sub"), "-o", str(album), "--dry-run"])
     assert exc.value.code == 2 and "picked up as inputs" in capsys.readouterr().err
-    # an output folder inside the input folder is fine: it is never scanned
+    # an output folder inside the input folder is fine: it is never scanned (and the tool says so)
     assert main([str(album), "-o", str(album / "colorized"), "--dry-run"]) == 0
+    assert "is inside the input folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("stem", ["L" * 240, "é" * 120])

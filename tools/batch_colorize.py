@@ -1063,6 +1063,11 @@ def _main(argv: Sequence[str] | None) -> int:
             plan = make_plan(args, hold=None if args.dry_run else stack)
         except (InputError, WorkflowError, ValueError, OSError) as exc:
             parser.exit(EXIT_USAGE, f"error: {exc}\n")
+        for raw in args.inputs:
+            folder = Path(raw).expanduser().resolve()
+            if folder.is_dir() and plan.out_dir != folder and plan.out_dir.is_relative_to(folder):
+                sys.stderr.write(f"note: the output folder {plan.out_dir} is inside the input folder {folder}; "
+                                 f"it is not scanned for photos\n")
         if args.dry_run:
             for job in plan.todo:
                 sys.stdout.write(f"todo  {job.rel} -> {job.out_rel}\n")
