@@ -11,6 +11,16 @@ Ctrl-C or a server restart: finished images are skipped (``OUT/.ddcolor-batch.js
 from what), so at most the images that were in flight are redone. One run writes to OUT at a time
 (``OUT/.ddcolor-batch.lock``): a second run on the same OUT exits with status 2 and says so.
 
+Several servers share the work with ``--server`` repeated (``URL#N`` sets one server's in-flight limit) or
+``--server-list FILE``: each takes photos as it has room; one that stops answering for ``DOWN_AFTER`` seconds
+has its photos re-queued on the others and rejoins when it answers again. Every prompt carries a tag in its
+``extra_data`` (output folder, input file, settings), so a rerun after ``kill -9`` collects what the killed run
+had already queued instead of sending it again. The first prompt is the check of the workflow: a refusal is a
+usage error, reported once with the server's reason.
+
+The output folder may not be an input folder (or above one): the results would be picked up as inputs by the
+next run. A folder inside the input folder is fine; it is never scanned.
+
 Uploads go to the server's ``input/ddcolor_batch/`` (named by content hash, so a rerun or a second run with the
 same photos does not upload duplicates) and the server keeps its own copy of each result under
 ``output/ddcolor_batch/``, as it does for any workflow; delete those folders on the server when done.

@@ -1,6 +1,10 @@
-"""A small asynchronous client for ComfyUI's HTTP + websocket API (aiohttp, which ComfyUI itself installs).
+"""The pack's one client for ComfyUI's HTTP + websocket API (aiohttp, which ComfyUI itself installs).
 
-Endpoints used: ``POST /upload/image``, ``POST /prompt``, ``GET /history/<id>``, ``GET /queue``, ``GET /view``,
+:class:`ComfyClient` is asynchronous (the batch tool); :class:`SyncComfyClient` runs the same client for code
+that blocks (``scripts/run_example.py``, the e2e tests' server, benchmarks). The README's standard-library
+snippet is for users who want no dependency at all; nothing in the pack uses another client.
+
+Endpoints used: ``POST /upload/image``, ``POST /prompt``, ``GET /history[/<id>]``, ``GET /queue``, ``GET /view``,
 ``POST /queue {"delete": [...]}``, ``POST /interrupt {"prompt_id": ...}``, ``GET /object_info/<class>`` and the
 ``/ws?clientId=`` event stream. Everything goes over HTTP, so the server can be another machine.
 
