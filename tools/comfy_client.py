@@ -62,7 +62,7 @@ class _TransientError(Exception):
     pass
 
 
-def normalise_url(url: str) -> str:
+def normalise_url(url: str, label: str = "--server") -> str:
     """``127.0.0.1:8188`` -> ``http://127.0.0.1:8188`` (no trailing slash); raises ``ValueError`` if unusable.
 
     The message is one line that names the URL and shows a good one, for the command line to print as is.
@@ -75,13 +75,13 @@ def normalise_url(url: str) -> str:
         parts = urlsplit(text)
         port = parts.port  # raises ValueError for a port that is not a number from 0 to 65535
     except ValueError as exc:
-        raise ValueError(f"--server {url!r} is not a valid URL ({exc}); {example}") from None
+        raise ValueError(f"{label} {url!r} is not a valid URL ({exc}); {example}") from None
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"--server {url!r} is not an http(s) URL; {example}")
+        raise ValueError(f"{label} {url!r} is not an http(s) URL; {example}")
     if not parts.hostname:
-        raise ValueError(f"--server {url!r} has no host name; {example}")
+        raise ValueError(f"{label} {url!r} has no host name; {example}")
     if port == 0:
-        raise ValueError(f"--server {url!r}: port 0 is not a port a server listens on; {example}")
+        raise ValueError(f"{label} {url!r}: port 0 is not a port a server listens on; {example}")
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
@@ -140,7 +140,7 @@ class ComfyClient:
         request_timeout: float = 300.0,
         client_id: str | None = None,
     ):
-        self.url = normalise_url(url)
+        self.url = normalise_url(url, label="server URL")
         self.client_id = client_id or uuid.uuid4().hex
         self.retry_timeout = retry_timeout
         self.on_retry = on_retry
