@@ -8,7 +8,7 @@ Usage (needs the optional extra: ``pip install .[archive]``)::
 
 Every image under SRC (jpg, jpeg, png, webp, tif, tiff, bmp, in sub-folders too; hidden files skipped) is
 colorized with the DDColor network directly (no ComfyUI) and written to ``DST/<same relative path>/<name>.png``
-with the batch tool's file-name rules (``tools/batch_jobs.plan_jobs``). SRC and DST are local folders or any
+with the batch tool's file-name rules (``tools/batch_jobs.output_names``). SRC and DST are local folders or any
 URL fsspec can open (``s3://``, ``gs://``, ``hdfs://``, ``file://``...). On a cluster of several machines they
 must be reachable from every machine (object store, NFS...): the tool checks this before it starts.
 
@@ -45,7 +45,7 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TextIO
 
 if __package__ in (None, ""):  # run as "python tools/archive_colorize.py": make "tools" importable
@@ -53,7 +53,7 @@ if __package__ in (None, ""):  # run as "python tools/archive_colorize.py": make
 
 import numpy as np  # noqa: E402
 
-from tools.batch_jobs import IMAGE_EXTENSIONS, PARTIAL_SUFFIX, InputError, OutputLock, plan_jobs  # noqa: E402
+from tools.batch_jobs import IMAGE_EXTENSIONS, PARTIAL_SUFFIX, InputError, OutputLock, output_names  # noqa: E402
 
 log = logging.getLogger("ComfyUI-DDColor.archive")
 
@@ -159,7 +159,7 @@ def list_images(fs: Any, root: str) -> tuple[list[Item], int]:
     except OSError as exc:
         raise InputError(f"cannot list {root!r}: {exc}") from exc
     prefix = root.rstrip("/") + "/"
-    paths: list[PurePosixPath] = []
+    paths: list[str] = []
     infos: dict[str, dict] = {}
     ignored = 0
     for path, info in found.items():
@@ -169,12 +169,13 @@ def list_images(fs: Any, root: str) -> tuple[list[Item], int]:
         if posixpath.splitext(path)[1].lower() not in IMAGE_EXTENSIONS:
             ignored += 1
             continue
-        paths.append(PurePosixPath(path))
+        paths.append(path)
         infos[path] = info
     paths.sort()
-    jobs = plan_jobs(paths, PurePosixPath(root))  # the batch tool's naming rules, clashes included
-    items = [Item(src=str(j.src), rel=j.rel, out=j.out_rel, size=int(infos[str(j.src)].get("size") or 0),
-                  mtime=_mtime_key(infos[str(j.src)])) for j in jobs]
+    rels = [p[len(prefix):] for p in paths]
+    names = output_names(rels)  # the batch tool's naming rules, clashes included
+    items = [Item(src=p, rel=rel, out=out, size=int(infos[p].get("size") or 0), mtime=_mtime_key(infos[p]))
+             for p, rel, (out, _compare) in zip(paths, rels, names, strict=True)]
     return items, ignored
 
 
