@@ -295,7 +295,10 @@ def test_two_servers_one_killed_and_restarted_loses_nothing(comfy_server, second
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stdout + stderr
-    assert f"{second_server.url} is unreachable" in stderr, stderr
+    # the tool noticed the dead server: either while it was down (no answer for 10 s) or, when the restart was
+    # quicker than that, because the restarted server no longer knows the photos it had in flight
+    assert (f"{second_server.url} is unreachable" in stderr
+            or f"{second_server.url} lost this image (restarted?)" in stderr), stderr
     rels = [f"roll{i % 2}/p{i}.png" for i in range(10)]
     # none done twice: each photo is reported finished exactly once, and there is exactly one result per photo
     finished = [line.rsplit(" | ", 1)[-1] for line in stderr.splitlines() if line.endswith(" ok")]
