@@ -28,8 +28,9 @@ from torch import Tensor
 
 from .errors import InputImageError
 
-TILE_PIXELS = 1 << 24
-"""Pixels (summed over the batch) per full-resolution tile on the device: ~16 MP, a few hundred MB of fp32."""
+TILE_PIXELS = 1 << 23
+"""Pixels (summed over the batch) per full-resolution tile on the device: 8 MP (8 photos of 1200x800 are one
+tile); the working set of a tile is about 1 GB of float32 temporaries."""
 
 _XYZ_TO_RGB = ((3.240479, -1.53715, -0.498535), (-0.969256, 1.875991, 0.041556), (0.055648, -0.204043, 1.057311))
 _WHITE = (0.950456, 1.0, 1.088754)
@@ -187,7 +188,8 @@ class Source:
     replicated, alpha dropped); :meth:`alpha` gives the alpha channel of rows.
     """
 
-    def __init__(self, images: Tensor, device: torch.device, tile_pixels: int = TILE_PIXELS) -> None:
+    def __init__(self, images: Tensor, device: torch.device, tile_pixels: int | None = None) -> None:
+        tile_pixels = TILE_PIXELS if tile_pixels is None else tile_pixels
         self.images = images
         self.device = torch.device(device)
         self.shape = tuple(images.shape)
@@ -308,7 +310,7 @@ def merge(source: Source, ab: Tensor, out: Tensor, *, upsample: str = "nearest",
     else:
         x0, x1, wx = linear_taps(ab.shape[3], width)
         cols = (torch.as_tensor(x0, device=dev), torch.as_tensor(x1, device=dev), torch.as_tensor(wx, device=dev))
-    copies = []
+    pending: list[tuple] = []  # device -> pinned copies in flight: (event, staged, target)
     for r0 in range(0, height, source.tile_rows):
         r1 = min(height, r0 + source.tile_rows)
         lightness = rgb_to_l(source.rows(r0, r1))  # (B, r, W)
@@ -328,26 +330,28 @@ def merge(source: Source, ab: Tensor, out: Tensor, *, upsample: str = "nearest",
         rgb = lab_to_rgb(lightness, a_t, b_t)  # (B, r, W, 3)
         if channels == 4:
             rgb = torch.cat([rgb, source.alpha(r0, r1)[..., None]], dim=-1)
-        copies.append(_download(rgb, out[:, r0:r1]))
-    if dev.type == "cuda":
-        torch.cuda.current_stream(dev).synchronize()
-        for staged, target in copies:
-            if staged is not None:
-                target.copy_(staged)
+        target = out[:, r0:r1]
+        if dev.type != "cuda":
+            target.copy_(rgb)
+            continue
+        # non-blocking copy into pinned memory; the next tile computes meanwhile. At most two tiles in flight,
+        # so host staging memory stays bounded too.
+        staged = torch.empty(rgb.shape, dtype=rgb.dtype, pin_memory=True)
+        staged.copy_(rgb, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(dev))
+        pending.append((event, staged, target))
+        if len(pending) > 2:
+            _finish(pending.pop(0))
+    for item in pending:
+        _finish(item)
     return out
 
 
-def _download(result: Tensor, target: Tensor):
-    """Copy a device tile into ``target`` (CPU): through pinned memory, non-blocking, on CUDA."""
-    if result.device.type == "cpu":
-        target.copy_(result)
-        return None, target
-    if target.is_pinned():
-        target.copy_(result, non_blocking=True)
-        return None, target
-    staged = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
-    staged.copy_(result, non_blocking=True)
-    return staged, target
+def _finish(item: tuple) -> None:
+    event, staged, target = item
+    event.synchronize()
+    target.copy_(staged)
 
 
 def check_ab(ab: Tensor, batch: int) -> None:
