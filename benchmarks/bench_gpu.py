@@ -160,6 +160,7 @@ def bench_network(args, device: torch.device, deadline: float) -> None:
                         continue
                     try:
                         x = torch.rand(batch, 3, size, size, device=device).to(dtype)
+                        model.to(memory_format=torch.contiguous_format)  # the eager column: plain weights
                         fwd = functools.partial(accel.forward, model, x)
                         eager = timed(functools.partial(fwd, graphs=False, channels_last=False), device,
                                       min_reps=1 if args.quick else 3)
