@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import ddcolor  # noqa: E402
-from ddcolor import accel  # noqa: E402
+from ddcolor import accel, devicepath  # noqa: E402
 from tests.synthetic_weights import DATA_DIR, cached_weights  # noqa: E402
 
 FIXTURES = DATA_DIR / "fixtures"
@@ -197,28 +197,44 @@ def bench_colorize(args, device: torch.device) -> None:
             model = load(variant, device, DTYPES[dname])
             for (n, height, width) in args.photo_sizes:
                 images = photos(n, height, width)
-                for path in ("device", "opencv"):
+                as_uint8 = (images * 255).round().to(torch.uint8)
+                for path in ("device", "device, pageable copies", "device, uint8 in/out", "opencv"):
                     if path == "opencv" and height * width > 2_000_000 and not args.quick:
                         rows.append([variant, dname, f"{n} x {width}x{height}", path, "not run (slow)", ""])
                         continue
-
-                    run = functools.partial(ddcolor.colorize, model, images, input_size=args.size, batch_size=n,
-                                            device_path=(path == "device"))
-                    seconds = timed(run, device, warmup=1 if args.quick else 2, min_reps=1 if args.quick else 3,
-                                    target_s=0.5)
-                    rows.append([variant, dname, f"{n} x {width}x{height}", path, n / seconds, seconds * 1e3])
+                    if path == "device, pageable copies" and device.type != "cuda":
+                        continue
+                    if path == "device, uint8 in/out":
+                        run = functools.partial(ddcolor.colorize_uint8, model, as_uint8, input_size=args.size,
+                                                batch_size=n)
+                    else:
+                        run = functools.partial(ddcolor.colorize, model, images, input_size=args.size, batch_size=n,
+                                                device_path=(path != "opencv"))
+                    devicepath.PINNED_TRANSFERS = path != "device, pageable copies"
+                    try:
+                        if device.type == "cuda":
+                            torch.cuda.synchronize(device)
+                            torch.cuda.reset_peak_memory_stats(device)
+                            base = torch.cuda.memory_allocated(device)
+                        seconds = timed(run, device, warmup=1 if args.quick else 2, min_reps=1 if args.quick else 3,
+                                        target_s=0.5)
+                        peak = ((torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda"
+                                else float("nan"))
+                    finally:
+                        devicepath.PINNED_TRANSFERS = True
+                    rows.append([variant, dname, f"{n} x {width}x{height}", path, n / seconds, seconds * 1e3, peak,
+                                 images[0].numel() * 4 * n / 2**20])
             accel.release(model)
             del model
             free(device)
     table(f"colorize photos/s (input_size {args.size}, batch = all photos)",
-          ["model", "dtype", "photos", "full-res steps", "photos/s", "ms per batch"], rows)
+          ["model", "dtype", "photos", "full-res steps", "photos/s", "ms per batch", "peak VRAM over weights MiB",
+           "output MiB"], rows)
 
 
 @section("device-path breakdown")
 def bench_breakdown(args, device: torch.device) -> None:
     """Where the time of one colorize batch goes on the device path (prepare / network / merge)."""
-    from ddcolor import devicepath
-
     rows = []
     n, height, width = args.photo_sizes[0]
     images = photos(n, height, width)

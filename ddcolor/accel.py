@@ -135,11 +135,13 @@ def forward(model: torch.nn.Module, x: Tensor, *, graphs: bool | None = None,
     """
     device = x.device
     cuda = device.type == "cuda"
+    if cuda and channels_last is not False:
+        with torch.no_grad():  # not inference_mode: the weights must stay ordinary tensors for their owner
+            _use_channels_last(model)
     with torch.inference_mode(), exact_fp32(device, x.dtype):
         if not cuda:
             return model(x)
         if channels_last is not False:
-            _use_channels_last(model)
             x = x.contiguous(memory_format=torch.channels_last)
         if graphs is False:
             return model(x)

@@ -32,6 +32,10 @@ TILE_PIXELS = 1 << 23
 """Pixels (summed over the batch) per full-resolution tile on the device: 8 MP (8 photos of 1200x800 are one
 tile); the working set of a tile is about 1 GB of float32 temporaries."""
 
+PINNED_TRANSFERS = True
+"""Copies between the CPU and a CUDA device go through pinned (page-locked) memory, non-blocking. False: plain
+copies from / to pageable memory (the driver stages them). benchmarks/bench_gpu.py measures both."""
+
 _XYZ_TO_RGB = ((3.240479, -1.53715, -0.498535), (-0.969256, 1.875991, 0.041556), (0.055648, -0.204043, 1.057311))
 _WHITE = (0.950456, 1.0, 1.088754)
 _RGB_TO_Y = (0.212671, 0.715160, 0.072169)
@@ -181,7 +185,7 @@ def box_filter(x: Tensor, radius: int = _GUIDED_RADIUS) -> Tensor:
 
 
 class Source:
-    """A batch of photos (CPU, (B, H, W, C), any float dtype, already validated) and its rows on ``device``.
+    """A batch of photos (CPU, (B, H, W, C), float (already validated) or uint8 0..255) and its rows on ``device``.
 
     If the whole batch fits in one tile it is uploaded once and kept for the resize and the merge; otherwise
     each step uploads the rows it needs. Rows come back as float32 RGB (B, r, W, 3) clipped to 0..1 (grey
@@ -200,15 +204,18 @@ class Source:
     def _upload(self, part: Tensor) -> Tensor:
         if self.device.type == "cpu":
             return part
-        if self.device.type == "cuda" and not part.is_pinned():
+        if self.device.type == "cuda" and PINNED_TRANSFERS and not part.is_pinned():
             part = part.pin_memory()
         return part.to(self.device, non_blocking=True)
 
     @staticmethod
-    def _rgb(raw: Tensor) -> Tensor:
-        raw = raw.float()
+    def _float(raw: Tensor) -> Tensor:
+        return raw.float() / 255.0 if raw.dtype == torch.uint8 else raw.float()
+
+    @classmethod
+    def _rgb(cls, raw: Tensor) -> Tensor:
         raw = raw.expand(*raw.shape[:-1], 3) if raw.shape[-1] == 1 else raw[..., :3]
-        return raw.clamp(0.0, 1.0)
+        return cls._float(raw).clamp(0.0, 1.0)
 
     def rows(self, r0: int, r1: int) -> Tensor:
         raw = self.resident[:, r0:r1] if self.resident is not None else self._upload(self.images[:, r0:r1])
@@ -222,7 +229,7 @@ class Source:
 
     def alpha(self, r0: int, r1: int) -> Tensor:
         raw = self.resident[:, r0:r1] if self.resident is not None else self._upload(self.images[:, r0:r1])
-        return raw[..., 3].float()
+        return self._float(raw[..., 3])
 
 
 def _resize_linear(source: Source, size_hw: tuple[int, int]) -> Tensor:
@@ -296,7 +303,9 @@ def _guided_coefficients(source: Source, ab: Tensor) -> Tensor:
 
 
 def merge(source: Source, ab: Tensor, out: Tensor, *, upsample: str = "nearest", chroma: float = 1.0) -> Tensor:
-    """Write ``Lab(L of the photo, upsampled ab) -> RGB`` into ``out`` (CPU float32 (B, H, W, 3|4)), tile by tile.
+    """Write ``Lab(L of the photo, upsampled ab) -> RGB`` into ``out`` (CPU (B, H, W, 3|4)), tile by tile.
+
+    ``out``: float32 (0..1), or uint8 (0..255, rounded on the device, so only a quarter comes back).
 
     ``ab``: (B, 2, h, w) float32 on the source's device.
     """
@@ -330,8 +339,10 @@ def merge(source: Source, ab: Tensor, out: Tensor, *, upsample: str = "nearest",
         rgb = lab_to_rgb(lightness, a_t, b_t)  # (B, r, W, 3)
         if channels == 4:
             rgb = torch.cat([rgb, source.alpha(r0, r1)[..., None]], dim=-1)
+        if out.dtype == torch.uint8:
+            rgb = rgb.mul(255.0).round_().to(torch.uint8)
         target = out[:, r0:r1]
-        if dev.type != "cuda":
+        if dev.type != "cuda" or not PINNED_TRANSFERS:
             target.copy_(rgb)
             continue
         # non-blocking copy into pinned memory; the next tile computes meanwhile. At most two tiles in flight,

@@ -328,3 +328,30 @@ def test_capture_failure_falls_back_to_eager(tiny_weights, monkeypatch):
     assert len(accel.graph_cache(model)) == 0
     for out in outs:
         torch.testing.assert_close(out, accel.forward(model, x, graphs=False), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ uint8
+
+
+def test_uint8_in_and_out_equals_the_float_device_path(tiny):
+    photos = (_photos(2, 50, 70) * 255).round() / 255
+    as_uint8 = (photos * 255).round().to(torch.uint8)
+    out = ddcolor.colorize_uint8(tiny, as_uint8, input_size=64, upsample="guided", batch_size=1)
+    assert out.dtype == torch.uint8 and out.shape == (2, 50, 70, 3)
+    reference = ddcolor.colorize(tiny, photos, input_size=64, upsample="guided", batch_size=1, device_path=True)
+    assert (out.int() - (reference * 255).round().int()).abs().max() <= 1
+
+
+def test_uint8_entry_refuses_float_and_bad_shapes(tiny):
+    with pytest.raises(ddcolor.InputImageError, match="uint8"):
+        ddcolor.colorize_uint8(tiny, _photos(1, 8, 8))
+    with pytest.raises(ddcolor.InputImageError, match="2 channels"):
+        ddcolor.colorize_uint8(tiny, torch.zeros(1, 8, 8, 2, dtype=torch.uint8))
+
+
+def test_pageable_copies_give_the_same_result(tiny, monkeypatch):
+    photos = _photos(1, 40, 30)
+    pinned = ddcolor.colorize(tiny, photos, input_size=64, device_path=True)
+    monkeypatch.setattr(devicepath, "PINNED_TRANSFERS", False)
+    torch.testing.assert_close(ddcolor.colorize(tiny, photos, input_size=64, device_path=True), pinned,
+                               atol=0, rtol=0)
