@@ -113,16 +113,18 @@ def _fingerprint_device(model: torch.nn.Module) -> tuple:
 
 
 def _capture(model: torch.nn.Module, x: Tensor, fingerprint: tuple) -> _Graph:
-    static_in = x.clone()
-    stream = torch.cuda.Stream(x.device)
-    stream.wait_stream(torch.cuda.current_stream(x.device))
-    with torch.cuda.stream(stream):
-        for _ in range(2):  # warm-up: cuDNN autotuning, lazy buffers (position encodings)
-            model(static_in)
-    torch.cuda.current_stream(x.device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = model(static_in)
+    with torch.cuda.device(x.device):
+        static_in = x.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: cuDNN autotuning, lazy buffers (position encodings)
+                model(static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: CUDA calls of other threads (ComfyUI's previews, other nodes) are not disturbed
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            static_out = model(static_in)
     return _Graph(graph, static_in, static_out, fingerprint)
 
 
