@@ -162,6 +162,8 @@ def _forward_graph(model: torch.nn.Module, x: Tensor) -> Tensor:
             cache.fingerprint = fingerprint
         entry = cache.graphs.get(key, False)
         if entry is False:
+            if len(cache.seen) > 64:  # many one-off shapes: forget them rather than grow
+                cache.seen.clear()
             cache.seen[key] = cache.seen.get(key, 0) + 1
             if cache.seen[key] < 2:  # only repeated shapes are worth a capture
                 return model(x)
