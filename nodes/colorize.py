@@ -8,9 +8,11 @@ import logging
 import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
+from PIL import Image
 
 from ..ddcolor.errors import DDColorError, InputImageError
 from ..ddcolor.presets import MAX_SIZE, MIN_SIZE, check_input_size
+from ..ddcolor.preview import Throttle, live_preview
 from ._comfy import CATEGORY, DDColorAB, DDColorModel, check_interrupted, progress_bar, raise_non_oom, schema, unload
 from .merge import merge, merge_device
 
@@ -138,6 +140,7 @@ class DDColorColorize(io.ComfyNode):
         net = patcher.model
         on_cpu = mm.is_device_cpu(patcher.load_device)
         bar = progress_bar(total)
+        live = Throttle()  # the latest finished photo, small, in the node as the bar moves (a few per second)
         parts: list[torch.Tensor] = []
         start = 0
         device = None  # where prepare / preview run: the model's GPU, or None for OpenCV on the CPU
@@ -174,7 +177,9 @@ class DDColorColorize(io.ComfyNode):
                     on_cpu = True
                     continue
                 parts.append(ab.detach().to("cpu", torch.float32))
-                bar.update(stop - start)
+                picture = live_preview(image[stop - 1], parts[-1][-1]) if live.ready(last=stop == total) else None
+                bar.update_absolute(stop, total, preview=None if picture is None else
+                                    ("JPEG", Image.fromarray(picture.numpy()), None))
                 start = stop
         finally:
             if offload_after_run:
