@@ -11,6 +11,10 @@ With default options this is the official pipeline (SPEC §5; upstream ``Coloriz
 Images are ComfyUI's layout: float (B, H, W, C) RGB in 0..1. Full-resolution work (steps 1, 4, 5) runs in row
 tiles of about a megapixel, so an 8000 x 6000 photo needs the output tensor plus a few MB, not several
 full-size float copies.
+
+On a GPU the same steps run in torch on the model's device (:mod:`ddcolor.devicepath`): :func:`colorize` does
+that by itself when the model is on CUDA; ``device=`` on :func:`prepare_input` / :func:`merge_lab` and
+``device_path=True`` on :func:`colorize` choose it explicitly (also on the CPU, for tests).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import accel, devicepath
 from .colorspace import gamut_bounded_scale, grey_from_l, lab_to_rgb, rgb_to_l
 from .errors import InputImageError
 
@@ -44,7 +49,8 @@ class ModelInput:
     """The network input for a batch of same-size photos."""
 
     x: Tensor
-    """(B, 3, Sh, Sw) float32 CPU grey image; Sh, Sw multiples of 32."""
+    """(B, 3, Sh, Sw) float32 grey image; Sh, Sw multiples of 32. On the CPU, or on the device given to
+    :func:`prepare_input`."""
     content_hw: tuple[int, int]
     """(h, w): the top-left region of ``x`` that holds the photo (the rest is edge padding)."""
 
@@ -124,13 +130,22 @@ def model_input_geometry(height: int, width: int, input_size: int,
     return (math.ceil(h / 32) * 32, math.ceil(w / 32) * 32), (h, w)
 
 
-def prepare_input(images: ImagesLike, input_size: int = 512, *, resize_mode: ResizeMode = "square") -> ModelInput:
-    """Build the network input (neutral grey from the photo's L) for a batch of same-size photos."""
+def prepare_input(images: ImagesLike, input_size: int = 512, *, resize_mode: ResizeMode = "square",
+                  device: str | torch.device | None = None) -> ModelInput:
+    """Build the network input (neutral grey from the photo's L) for a batch of same-size photos.
+
+    ``device``: None = the official OpenCV steps on the CPU (exact); a device = the torch steps on that device
+    (only the rows the resize needs are uploaded), with ``x`` left there.
+    """
     batch = validate_images(images)
     _, height, width, _ = batch.shape
     (sh, sw), (h, w) = model_input_geometry(height, width, input_size, resize_mode)
     # Official: bilinear without antialiasing. keep_aspect shrinks with area averaging (no aliasing).
     shrink = resize_mode == "keep_aspect" and h * w < height * width
+    if device is not None:
+        source = devicepath.Source(batch, torch.device(device))
+        with accel.exact_fp32(source.device, torch.float32):
+            return ModelInput(devicepath.network_input(source, (h, w), (sh, sw), area=shrink), (h, w))
     interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     x = np.empty((batch.shape[0], sh, sw, 3), dtype=np.float32)
     for i, image in enumerate(batch):
@@ -141,14 +156,25 @@ def prepare_input(images: ImagesLike, input_size: int = 512, *, resize_mode: Res
 
 
 def predict_ab(model: torch.nn.Module, model_input: ModelInput | Tensor) -> Tensor:
-    """Run the network: (B, 2, h, w) float32 CPU ab, cropped to the photo's region of the input."""
+    """Run the network: (B, 2, h, w) float32 CPU ab, cropped to the photo's region of the input.
+
+    On CUDA the forward runs through :func:`ddcolor.accel.forward` (fp32 without TF32, channels_last, CUDA-graph
+    replay for repeated shapes); on the CPU it is plain ``model(x)``.
+    """
+    return _predict_ab_on_device(model, model_input).float().cpu().contiguous()
+
+
+def _predict_ab_on_device(model: torch.nn.Module, model_input: ModelInput | Tensor) -> Tensor:
+    """(B, 2, h, w) ab on the model's device, in the model's dtype."""
     if isinstance(model_input, Tensor):
         model_input = ModelInput(model_input, tuple(model_input.shape[-2:]))
     param = next(model.parameters())
-    with torch.inference_mode():
-        ab = model(model_input.x.to(param.device, param.dtype))
+    x = model_input.x
+    if x.device != param.device and x.device.type == "cpu" and param.device.type == "cuda":
+        x = x.pin_memory().to(param.device, non_blocking=True)
+    ab = accel.forward(model, x.to(param.device, param.dtype))
     h, w = model_input.content_hw
-    return ab[:, :, :h, :w].float().cpu().contiguous()
+    return ab[:, :, :h, :w]
 
 
 def _nearest_index(size_in: int, size_out: int) -> np.ndarray:
@@ -199,7 +225,7 @@ def _guided_coefficients(image: Tensor, ab: np.ndarray) -> np.ndarray:
 
 
 def merge_lab(images: ImagesLike, ab: Tensor, *, upsample: UpsampleMode = "nearest", chroma: float = 1.0,
-              out: Tensor | None = None) -> Tensor:
+              out: Tensor | None = None, device: str | torch.device | None = None) -> Tensor:
     """Combine the full-resolution lightness of ``images`` with the predicted ``ab``.
 
     Args:
@@ -210,6 +236,8 @@ def merge_lab(images: ImagesLike, ab: Tensor, *, upsample: UpsampleMode = "neare
         chroma: multiplies a*, b* (1.0 = official). Below 1 desaturates; above 1 boosts, but never past the
             sRGB gamut edge (per pixel the factor stops where a channel would clip).
         out: optional float32 (B, H, W, 3 or 4) tensor to write into (saves a full-size copy).
+        device: None = OpenCV on the CPU (official, exact). A device = the torch steps on that device, in row
+            tiles; the result still comes back to the CPU (once per tile).
 
     Returns:
         (B, H, W, 3) float32 RGB in 0..1 (4 channels if the input had alpha).
@@ -219,7 +247,9 @@ def merge_lab(images: ImagesLike, ab: Tensor, *, upsample: UpsampleMode = "neare
         raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, not {upsample!r}")
     if not 0.0 <= chroma <= 4.0 or not math.isfinite(chroma):
         raise ValueError(f"chroma must be between 0 and 4, not {chroma!r}")
-    ab = ab.detach().to("cpu", torch.float32)
+    ab = ab.detach()
+    if device is None:
+        ab = ab.to("cpu", torch.float32)
     if ab.ndim != 4 or ab.shape[1] != 2 or ab.shape[0] != batch.shape[0]:
         raise InputImageError(f"ab: shape {tuple(ab.shape)} does not match {batch.shape[0]} image(s); expected "
                               f"({batch.shape[0]}, 2, h, w). Connect the ab output of the same Colorize run.")
@@ -229,6 +259,10 @@ def merge_lab(images: ImagesLike, ab: Tensor, *, upsample: UpsampleMode = "neare
         out = torch.empty(shape, dtype=torch.float32)
     elif tuple(out.shape) != shape or out.dtype != torch.float32 or out.device.type != "cpu":
         raise ValueError(f"out must be a float32 CPU tensor of shape {shape}, got {tuple(out.shape)} {out.dtype}")
+    if device is not None:
+        source = devicepath.Source(batch, torch.device(device))
+        with accel.exact_fp32(source.device, torch.float32):
+            return devicepath.merge(source, ab, out, upsample=upsample, chroma=float(chroma))
     out_np = out.numpy()
     tile = max(1, _TILE_PIXELS // width)
     for i in range(b):
@@ -269,6 +303,7 @@ def colorize(
     chroma: float = 1.0,
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    device_path: bool | None = None,
 ) -> Tensor | list[Tensor]:
     """Colorize photos. Default options reproduce the official DDColor pipeline.
 
@@ -282,6 +317,8 @@ def colorize(
         chroma: colour strength, see :func:`merge_lab`.
         batch_size: images per network call (memory vs speed).
         progress: called as ``progress(done, total)`` after every chunk; raising from it cancels.
+        device_path: run the full-resolution steps in torch on the model's device (:mod:`ddcolor.devicepath`).
+            None (default): only when the model is on CUDA, so on the CPU the output stays the official one.
 
     Returns:
         The colorized images, same layout and sizes as given, float32 in 0..1 on the CPU.
@@ -293,6 +330,12 @@ def colorize(
     if not items:
         raise InputImageError("images: the list is empty. Pass at least one image.")
     batches = [validate_images(item, f"images[{n}]" if len(items) > 1 else "images") for n, item in enumerate(items)]
+    if upsample not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, not {upsample!r}")
+    if not 0.0 <= chroma <= 4.0 or not math.isfinite(chroma):
+        raise ValueError(f"chroma must be between 0 and 4, not {chroma!r}")
+    model_device = next(model.parameters()).device
+    on_device = model_device.type == "cuda" if device_path is None else bool(device_path)
     total, done = sum(x.shape[0] for x in batches), 0
     results = []
     for batch in batches:
@@ -300,8 +343,12 @@ def colorize(
         out = torch.empty((b, h, w, 4 if c == 4 else 3), dtype=torch.float32)
         for start in range(0, b, batch_size):
             chunk = batch[start : start + batch_size]
-            ab = predict_ab(model, prepare_input(chunk, input_size, resize_mode=resize_mode))
-            merge_lab(chunk, ab, upsample=upsample, chroma=chroma, out=out[start : start + chunk.shape[0]])
+            target = out[start : start + chunk.shape[0]]
+            if on_device:
+                _colorize_on_device(model, chunk, target, input_size, resize_mode, upsample, chroma)
+            else:
+                ab = predict_ab(model, prepare_input(chunk, input_size, resize_mode=resize_mode))
+                merge_lab(chunk, ab, upsample=upsample, chroma=chroma, out=target)
             done += chunk.shape[0]
             if progress is not None:
                 progress(done, total)
@@ -310,3 +357,48 @@ def colorize(
         if getattr(item, "ndim", 4) == 3:
             results[n] = results[n][0]
     return results if isinstance(images, (list, tuple)) else results[0]
+
+
+def _colorize_on_device(model: torch.nn.Module, chunk: Tensor, out: Tensor, input_size: int,
+                        resize_mode: ResizeMode, upsample: UpsampleMode, chroma: float) -> None:
+    """One chunk through the device path: the photos go up once (if they fit one tile), ab never leaves."""
+    device = next(model.parameters()).device
+    _, height, width, _ = chunk.shape
+    (sh, sw), (h, w) = model_input_geometry(height, width, input_size, resize_mode)
+    shrink = resize_mode == "keep_aspect" and h * w < height * width
+    source = devicepath.Source(chunk, device)
+    with accel.exact_fp32(device, torch.float32):
+        x = devicepath.network_input(source, (h, w), (sh, sw), area=shrink)
+        ab = _predict_ab_on_device(model, ModelInput(x, (h, w)))
+        devicepath.merge(source, ab, out, upsample=upsample, chroma=float(chroma))
+
+
+def colorize_uint8(model: torch.nn.Module, images: Tensor, *, input_size: int = 512,
+                   resize_mode: ResizeMode = "square", upsample: UpsampleMode = "nearest", chroma: float = 1.0,
+                   batch_size: int = 4) -> Tensor:
+    """:func:`colorize` for 8-bit photos through the device path: uint8 (B, H, W, C) in, uint8 (B, H, W, 3|4) out.
+
+    A quarter of the float32 bytes cross the bus each way (the photos go up as uint8, the result is rounded on
+    the device). Runs on the model's device (also the CPU, with the torch steps).
+    """
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8:
+        raise _fail("images", f"expected a uint8 tensor, got {getattr(images, 'dtype', type(images).__name__)}",
+                    "Use ddcolor.colorize for float images.")
+    images = images.unsqueeze(0) if images.ndim == 3 else images
+    if images.ndim != 4 or 0 in images.shape:
+        raise _fail("images", f"expected (B, H, W, C) or (H, W, C), got shape {tuple(images.shape)}",
+                    "Pass a non-empty image batch.")
+    if images.shape[-1] not in (1, 3, 4):
+        raise _fail("images", f"{images.shape[-1]} channels", "Expected 1 (grey), 3 (RGB) or 4 (RGBA).")
+    check_input_size(input_size)
+    if upsample not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, not {upsample!r}")
+    if not 0.0 <= chroma <= 4.0 or not math.isfinite(chroma):
+        raise ValueError(f"chroma must be between 0 and 4, not {chroma!r}")
+    b, h, w, c = images.shape
+    out = torch.empty((b, h, w, 4 if c == 4 else 3), dtype=torch.uint8)
+    for start in range(0, b, batch_size):
+        chunk = images[start : start + batch_size]
+        _colorize_on_device(model, chunk, out[start : start + chunk.shape[0]], input_size, resize_mode, upsample,
+                            chroma)
+    return out

@@ -14,6 +14,7 @@ from ..ddcolor.errors import DDColorError, InputImageError
 from ..ddcolor.presets import MAX_SIZE, MIN_SIZE, check_input_size
 from ..ddcolor.preview import Throttle, live_preview
 from ._comfy import CATEGORY, DDColorAB, DDColorModel, check_interrupted, progress_bar, raise_non_oom, schema, unload
+from .merge import merge, merge_device
 
 logger = logging.getLogger("ComfyUI-DDColor")
 
@@ -142,13 +143,16 @@ class DDColorColorize(io.ComfyNode):
         live = Throttle()  # the latest finished photo, small, in the node as the bar moves (a few per second)
         parts: list[torch.Tensor] = []
         start = 0
+        device = None  # where prepare / preview run: the model's GPU, or None for OpenCV on the CPU
         try:
             while start < total:
                 check_interrupted()
                 stop = min(start + chunk, total)
                 try:
+                    # on a GPU the resize / grey steps run there too (ddcolor.devicepath); on the CPU: OpenCV
+                    device = None if on_cpu else merge_device(next(net.parameters()).device)
                     model_input = ddcolor.prepare_input(image[start:stop], input_size=input_size,
-                                                        resize_mode=resize_mode)
+                                                        resize_mode=resize_mode, device=device)
                     ab = ddcolor.predict_ab(net, model_input)
                 except RuntimeError as exc:
                     if not _cpu_out_of_memory(exc):
@@ -181,5 +185,5 @@ class DDColorColorize(io.ComfyNode):
             if offload_after_run:
                 unload(patcher)
         ab = torch.cat(parts, dim=0)
-        preview = ddcolor.merge_lab(image, ab, upsample="bilinear", chroma=1.0)
+        preview = merge(image, ab, "bilinear", 1.0, None if on_cpu else device)
         return io.NodeOutput(ab, preview)

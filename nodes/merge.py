@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import logging
+
+import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
 from ..ddcolor.errors import InputImageError
-from ._comfy import CATEGORY, DDColorAB, schema
+from ._comfy import CATEGORY, DDColorAB, raise_non_oom, schema
+
+logger = logging.getLogger("ComfyUI-DDColor")
 
 UPSAMPLE_MODES = ("nearest", "bilinear", "guided")
+
+
+def merge_device(device: torch.device | None = None) -> torch.device | None:
+    """Where the full-resolution merge runs: the given (model's) device or ComfyUI's GPU; None = OpenCV on the CPU."""
+    device = torch.device(device) if device is not None else mm.get_torch_device()
+    return device if device.type == "cuda" else None
+
+
+def merge(image: torch.Tensor, ab: torch.Tensor, upsample: str, chroma: float,
+          device: torch.device | None) -> torch.Tensor:
+    """``ddcolor.merge_lab`` on ``device`` (IMAGE in and out on the CPU); out of GPU memory -> on the CPU."""
+    from .. import ddcolor
+
+    if device is not None:
+        try:
+            return ddcolor.merge_lab(image, ab, upsample=upsample, chroma=chroma, device=device)
+        except RuntimeError as exc:
+            raise_non_oom(exc)
+            mm.soft_empty_cache()
+            logger.warning("DDColor: the GPU is out of memory for the full-resolution merge; doing it on the CPU.")
+    return ddcolor.merge_lab(image, ab, upsample=upsample, chroma=chroma)
 
 
 class DDColorMergeLab(io.ComfyNode):
@@ -53,8 +79,6 @@ class DDColorMergeLab(io.ComfyNode):
     @classmethod
     def execute(cls, image: torch.Tensor, ab: torch.Tensor, upsample: str = "bilinear",
                 chroma: float = 1.0) -> io.NodeOutput:
-        from .. import ddcolor
-
         if not isinstance(ab, torch.Tensor) or ab.ndim != 4 or ab.shape[1] != 2:
             shape = tuple(ab.shape) if isinstance(ab, torch.Tensor) else type(ab).__name__
             raise InputImageError(f"ab: expected colour from DDColor Colorize (Lab), shape (B, 2, h, w); got {shape}.")
@@ -66,4 +90,4 @@ class DDColorMergeLab(io.ComfyNode):
                 f"image has {image.shape[0]} picture(s) but ab has {ab.shape[0]}: connect the same images that "
                 "went into DDColor Colorize (Lab) to this node's image input."
             )
-        return io.NodeOutput(ddcolor.merge_lab(image, ab, upsample=upsample, chroma=float(chroma)))
+        return io.NodeOutput(merge(image, ab, upsample, float(chroma), merge_device()))

@@ -50,6 +50,19 @@ class DDColor(nn.Module):
         refine = nn.Conv2d(config.num_queries + 3, config.num_output_channels, 1, bias=True)
         self.refine_net = nn.Sequential(nn.Sequential(refine))
 
+    def __getstate__(self):
+        # copies (copy.deepcopy, pickle) never take the CUDA graphs along: they belong to this model's storages
+        state = self.__dict__.copy()
+        state.pop("_ddcolor_graphs", None)
+        state.pop("_ddcolor_channels_last", None)
+        return state
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .half() / offload: captured CUDA graphs (ddcolor.accel) point at the old storages
+        self.__dict__.pop("_ddcolor_graphs", None)
+        self.__dict__.pop("_ddcolor_channels_last", None)
+        return super()._apply(fn, *args, **kwargs)
+
     def forward(self, x: Tensor) -> Tensor:
         x = (x - self.mean) / self.std  # (B, 3, S, S); the refine conv sees this normalised image too
         maps, embed = self.decoder(self.encoder(x))  # maps[2]: (B, nf/2, S/4, S/4); embed: (B, Q, 256)

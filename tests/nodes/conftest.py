@@ -3,7 +3,8 @@
 At import time this conftest:
 
 * puts ComfyUI first on ``sys.path`` and points ``folder_paths`` at a temporary base directory (so
-  ``models/ddcolor`` is a scratch folder), forcing the CPU so results are deterministic;
+  ``models/ddcolor`` is a scratch folder), forcing the CPU so results are deterministic (unless
+  ``DDCOLOR_TEST_DEVICE`` names another device);
 * loads the repository root as a ComfyUI custom-node *package* under a fixed name (as ComfyUI does), so the
   relative imports ``from ..ddcolor import ...`` are exercised for real.
 
@@ -43,7 +44,8 @@ if str(COMFY_DIR) not in sys.path:
 
 from comfy.cli_args import args  # noqa: E402  (ComfyUI must be on sys.path first)
 
-args.cpu = True
+# DDCOLOR_TEST_DEVICE=cuda (scripts/gpu_run.sh, for tests/nodes/test_device_nodes.py only) lets ComfyUI use the GPU
+args.cpu = os.environ.get("DDCOLOR_TEST_DEVICE", "cpu") == "cpu"
 args.base_directory = str(BASE_DIR)
 
 import comfy.model_management  # noqa: E402,F401

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The one command for a GPU machine (run in the repository root; build .gpu/ first with scripts/gpu_bundle.sh
+# and carry it along). Runs the device-path tests on the GPU, then benchmarks/bench_gpu.py; everything is
+# tee'd into $OUT (pytest.txt, bench.txt, bench.json). A failing test does not stop the benchmark.
+#
+#   bash scripts/gpu_run.sh                                         # on the GPU machine
+#   OUT=/tmp/o DDCOLOR_BENCH_DEVICE=cpu DDCOLOR_BENCH_QUICK=1 bash scripts/gpu_run.sh   # dry run on the CPU
+#
+# Environment: PYTHON (default python3, or .venv/bin/python when present), DDCOLOR_BENCH_DEVICE (default cuda),
+# DDCOLOR_BENCH_QUICK=1 (small sizes), OUT (default /tmp/ddcolor-gpu-out).
+set -u
+export PYTHONUNBUFFERED=1
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-/tmp/ddcolor-gpu-out}"
+mkdir -p "$OUT"
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+DEVICE="${DDCOLOR_BENCH_DEVICE:-cuda}"
+export DDCOLOR_TEST_DEVICE="$DEVICE"
+export COMFYUI_DIR="${COMFYUI_DIR:-$ROOT/.gpu/ComfyUI}"
+export PYTHONPATH="$ROOT:$ROOT/.gpu/site${PYTHONPATH:+:$PYTHONPATH}"
+export DDCOLOR_TEST_WEIGHTS="${DDCOLOR_TEST_WEIGHTS:-/tmp/ddcolor-weights}"
+[ -d "$COMFYUI_DIR" ] || echo "gpu_run: no ComfyUI at $COMFYUI_DIR (run scripts/gpu_bundle.sh); node tests will fail"
+
+{
+  echo "# gpu_run $(date -u +%FT%TZ) device=$DEVICE quick=${DDCOLOR_BENCH_QUICK:-0}"
+  git log -1 --oneline 2>/dev/null || true
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())'
+} 2>&1 | tee "$OUT/env.txt"
+
+# weights first (a few seconds), so the tests and the benchmark share them
+"$PYTHON" -c 'from tests.synthetic_weights import cached_weights; [print(cached_weights(v)) for v in ("tiny", "large")]' \
+  2>&1 | tee "$OUT/weights.txt"
+
+timeout "${DDCOLOR_TEST_TIMEOUT:-240}" "$PYTHON" -m pytest -p no:cacheprovider -q -rs \
+  -k "not large_photo" tests/test_devicepath.py tests/nodes/test_device_nodes.py 2>&1 | tee "$OUT/pytest.txt"
+echo "pytest exit: ${PIPESTATUS[0]}" | tee -a "$OUT/pytest.txt"
+
+quick=()
+[ -n "${DDCOLOR_BENCH_QUICK:-}" ] && quick=(--quick)
+timeout "${DDCOLOR_BENCH_TIMEOUT:-270}" "$PYTHON" benchmarks/bench_gpu.py --device "$DEVICE" "${quick[@]}" \
+  --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench.txt"
