@@ -12,6 +12,7 @@ from comfy_api.latest import io
 from ..ddcolor.errors import DDColorError, InputImageError
 from ..ddcolor.presets import MAX_SIZE, MIN_SIZE, check_input_size
 from ._comfy import CATEGORY, DDColorAB, DDColorModel, check_interrupted, progress_bar, raise_non_oom, schema, unload
+from ._validate import check_number, verdict
 
 logger = logging.getLogger("ComfyUI-DDColor")
 
@@ -103,11 +104,10 @@ class DDColorColorize(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_size=None) -> bool | str:
-        # only inputs named here skip ComfyUI's own min/max checks; batch_size keeps them
-        if input_size is not None:
-            return check_input_size(input_size) or True
-        return True
+    def validate_inputs(cls, input_size=None, batch_size=None) -> bool | str:
+        # inputs named here skip ComfyUI's own min/max checks, so each is checked in full
+        return verdict(None if input_size is None else check_input_size(input_size),
+                       check_number("batch_size", batch_size, 1, MAX_BATCH, whole=True))
 
     @staticmethod
     def _check_widgets(input_size: int, batch_size: int) -> None:
