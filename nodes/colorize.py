@@ -12,11 +12,13 @@ from comfy_api.latest import io
 from ..ddcolor.errors import DDColorError, InputImageError
 from ..ddcolor.presets import MAX_SIZE, MIN_SIZE, check_input_size
 from ._comfy import CATEGORY, DDColorAB, DDColorModel, check_interrupted, progress_bar, raise_non_oom, schema, unload
+from ._outputs import decide_outputs, output_unused
 from ._validate import check_number, verdict
 
 logger = logging.getLogger("ComfyUI-DDColor")
 
 MAX_BATCH = 64
+_PREVIEW = 1  # output slot of `preview`; built only when something is connected to it
 # Rough peak activation memory of one 512x512 image through DDColor-large in fp32; it scales with the pixel
 # count. Only used to ask ComfyUI to make room; an underestimate is caught by the out-of-memory fallback.
 _BYTES_PER_IMAGE_AT_512 = 1.5 * 2**30
@@ -119,6 +121,11 @@ class DDColorColorize(io.ComfyNode):
         return verdict(None if input_size is None else check_input_size(input_size),
                        check_number("batch_size", batch_size, 1, MAX_BATCH, whole=True))
 
+    @classmethod
+    def fingerprint_inputs(cls, **_inputs) -> str | None:
+        # whether `preview` is connected is part of the cache key, so skipping it is never served stale
+        return decide_outputs(_PREVIEW)
+
     @staticmethod
     def _check_widgets(input_size: int, batch_size: int) -> None:
         problem = check_input_size(input_size)
@@ -190,5 +197,7 @@ class DDColorColorize(io.ComfyNode):
             if offload_after_run:
                 unload(patcher)
         ab = torch.cat(parts, dim=0)
+        if output_unused(_PREVIEW):  # nothing takes the full-resolution preview: don't build it
+            return io.NodeOutput(ab, None)
         preview = ddcolor.merge_lab(image, ab, upsample="bilinear", chroma=1.0)
         return io.NodeOutput(ab, preview)
