@@ -66,7 +66,7 @@ class DDColorColorize(io.ComfyNode):
                 "Colorizes black-and-white photos with DDColor. The network looks at a resized copy "
                 "(input_size) and predicts only colour (Lab a/b); ab goes to DDColor Merge L + ab, which puts "
                 "it on the full-resolution original. preview is the finished colour photo (bilinear, chroma 1). "
-                "Works through batches in chunks with a progress bar, can be cancelled between chunks, and "
+                "Works through batches in chunks with a progress bar, can be cancelled at any time, and "
                 "finishes on the CPU if the GPU runs out of memory."
             ),
             inputs=[
