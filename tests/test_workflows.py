@@ -28,7 +28,9 @@ API_DIR = WORKFLOWS / "api"
 LOCALES = REPO / "locales"
 DOCS = REPO / "web" / "docs"
 PRESETS = ("portrait", "building")
-OUR_IDS = ("DDColorModelLoader", "DDColorResizeByPreset", "DDColorColorize", "DDColorMergeLab", "DDColorCompare")
+OUR_IDS = ("DDColorModelLoader", "DDColorResizeByPreset", "DDColorColorize", "DDColorMergeLab", "DDColorCompare",
+           "DDColorTemporalSmooth")
+VIDEO_PRESET = "ddcolor_video"  # checked in tests/test_video_workflow.py
 OFFICIAL_MODELS = ("ddcolor_modelscope.pth", "ddcolor_paper.pth", "ddcolor_artistic.pth", "ddcolor_paper_tiny.pth")
 CATEGORY = "image/color/DDColor"
 WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "STRING", "COMBO"}
@@ -87,6 +89,16 @@ CONTRACT: dict[str, dict] = {
             ("split_position", "FLOAT", 0.5, {"min": 0.0, "max": 1.0}),
         ],
         "outputs": [("image", "IMAGE")],
+    },
+    "DDColorTemporalSmooth": {
+        "display_name": "DDColor Temporal Smooth (video)",
+        "inputs": [
+            ("image", "IMAGE", None, {}),
+            ("ab", "DDCOLOR_AB", None, {}),
+            ("strength", "FLOAT", 0.75, {"min": 0.0, "max": 0.95, "step": 0.05}),
+            ("scene_cut_sensitivity", "FLOAT", 0.5, {"min": 0.0, "max": 1.0, "step": 0.05}),
+        ],
+        "outputs": [("ab", "DDCOLOR_AB"), ("report", "STRING")],
     },
 }
 
@@ -341,7 +353,7 @@ def test_preset_uses_only_known_node_types(preset):
     known = schema()
     types = {n["type"] for n in load_ui(preset)["nodes"]}
     assert types <= set(known), types - set(known)
-    assert set(OUR_IDS) <= types
+    assert set(OUR_IDS) - {"DDColorTemporalSmooth"} <= types
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -506,7 +518,8 @@ def test_comfyui_lists_the_presets_as_templates():
         pytest.skip("ComfyUI not found (set COMFYUI_DIR)")
     assert WORKFLOWS.name in _template_folder_names(root)
     listed = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
-    assert listed == sorted(f"ddcolor_{p}" for p in PRESETS), "only UI-format presets belong at the top level"
+    expected = sorted([f"ddcolor_{p}" for p in PRESETS] + [VIDEO_PRESET])
+    assert listed == expected, "only UI-format presets belong at the top level"
 
 
 @pytest.mark.parametrize("preset", PRESETS)

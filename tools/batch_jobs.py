@@ -3,7 +3,8 @@
 Nothing here talks to the server, so all of it is unit-tested without one:
 
 * :func:`discover` finds the input images (recursive, by extension, hidden files skipped);
-* :func:`plan_jobs` maps every input to ``OUT/<same relative path>/<stem>.png`` (and ``<stem>.compare.png``);
+* :func:`output_names` (the file name rules, also used by other tools) and :func:`plan_jobs` map every input
+  to ``OUT/<same relative path>/<stem>.png`` (and ``<stem>.compare.png``);
 * :class:`Manifest` remembers, in ``OUT/.ddcolor-batch.json``, the fingerprint (size, mtime, sha256) of the
   input and the settings each output was made with, so a rerun skips finished work;
 * :func:`prepare_upload` decodes an image, applies its EXIF orientation and returns the bytes to upload;
@@ -138,14 +139,17 @@ class Job:
         return out_dir.joinpath(*self.compare_rel.split("/"))
 
 
-def plan_jobs(files: Sequence[Path], base: Path) -> list[Job]:
-    """Map inputs to outputs: ``base/sub/name.jpg`` -> ``sub/name.png`` (+ ``sub/name.compare.png``).
+def output_names(rels: Sequence[str]) -> list[tuple[str, str]]:
+    """The output file name rules, shared by every tool that writes colorized copies of a folder tree.
+
+    ``rels`` are input paths relative to the mirrored folder, with ``/`` separators; the result is, for each,
+    ``(result_rel, compare_rel)``: ``sub/name.jpg`` -> ``("sub/name.png", "sub/name.compare.png")``.
 
     When two inputs would land on the same output (``a.jpg`` and ``a.png``, or ``a.compare.jpg`` against the
     comparison image of ``a.jpg``), the clashing ones keep their extension instead: ``a.jpg.png``,
-    ``a.png.png``. Clashes are judged case-insensitively (Windows and macOS file systems).
+    ``a.png.png``. Clashes are judged case-insensitively (Windows and macOS file systems). The answer for one
+    path depends on the other paths in ``rels`` (only through such clashes), so pass the whole tree at once.
     """
-    rels = [f.relative_to(base).as_posix() for f in files]
 
     def names(rel: str, keep_ext: bool) -> tuple[str, str]:
         parent, _, name = rel.rpartition("/")
@@ -164,22 +168,46 @@ def plan_jobs(files: Sequence[Path], base: Path) -> list[Job]:
             break
         for i in clashing:
             keep_ext[i] = True
-    jobs = []
-    for i, (src, rel) in enumerate(zip(files, rels, strict=True)):
-        out_rel, compare_rel = names(rel, keep_ext[i])
-        jobs.append(Job(src=src, rel=rel, out_rel=out_rel, compare_rel=compare_rel))
-    return jobs
+    return [names(rel, keep_ext[i]) for i, rel in enumerate(rels)]
 
 
-def check_output_dir(out_dir: Path, jobs: Sequence[Job]) -> None:
-    """Refuse an output folder that would overwrite an input."""
+def plan_jobs(files: Sequence[Path], base: Path) -> list[Job]:
+    """Map inputs to outputs with :func:`output_names`: ``base/sub/name.jpg`` -> ``sub/name.png``."""
+    rels = [f.relative_to(base).as_posix() for f in files]
+    return [
+        Job(src=src, rel=rel, out_rel=out_rel, compare_rel=compare_rel)
+        for src, rel, (out_rel, compare_rel) in zip(files, rels, output_names(rels), strict=True)
+    ]
+
+
+def check_output_dir(out_dir: Path, jobs: Sequence[Job], input_dirs: Sequence[Path] = ()) -> None:
+    """Refuse an output folder whose results would overwrite an input or be picked up as inputs next time.
+
+    The rule (chosen over silently skipping our own files): results must not land in a scanned input folder.
+    ``-o`` equal to an input folder, or a folder above it, is refused; an output folder *inside* an input
+    folder is fine, because :func:`discover` never scans it.
+    """
+    out_dir = out_dir.resolve()
+    scanned = [d.resolve() for d in input_dirs]
+    for folder in scanned:
+        if out_dir == folder:
+            raise InputError(
+                f"output folder {out_dir} is the input folder: the results would sit between the photos and be "
+                f"picked up as inputs by the next run; choose another output folder with -o "
+                f"(e.g. -o {out_dir.parent / (out_dir.name + '_colorized')})"
+            )
     inputs = {j.src for j in jobs}
     for job in jobs:
         for target in (job.out_path(out_dir), job.compare_path(out_dir)):
-            if target.resolve() in inputs:
+            if target in inputs:
                 raise InputError(
                     f"output {target} would overwrite the input image of the same name; "
                     f"choose an output folder (-o) different from the input folder"
+                )
+            if any(_inside(target, folder) and not _inside(out_dir, folder) for folder in scanned):
+                raise InputError(
+                    f"output folder {out_dir} contains an input folder: results such as {target} would be "
+                    f"picked up as inputs by the next run; choose an output folder outside the inputs with -o"
                 )
 
 
@@ -252,7 +280,8 @@ class Manifest:
         entry["input_mtime_ns"] = stat.st_mtime_ns  # same content, new mtime: remember it for next time
         return True, digest
 
-    def record(self, job: Job, settings: str, input_sha256: str, stat: os.stat_result, compare: bool) -> None:
+    def record(self, job: Job, settings: str, input_sha256: str, stat: os.stat_result, compare: bool,
+               server: str | None = None) -> None:
         out = job.out_path(self.out_dir)
         cmp_path = job.compare_path(self.out_dir)
         self.entries[job.out_rel] = {
@@ -265,6 +294,8 @@ class Manifest:
             "compare_size": cmp_path.stat().st_size if compare else None,
             "done_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if server:
+            self.entries[job.out_rel]["server"] = server  # which ComfyUI made it (several may share a batch)
 
     def save(self) -> None:
         data = {"version": MANIFEST_VERSION, "tool": "ComfyUI-DDColor batch_colorize", "entries": self.entries}
@@ -284,7 +315,9 @@ def _has_size(path: Path, size: object) -> bool:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either the old file or the complete new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    # short, whatever the final name's length: any name that fits as an output fits as its temporary file too
+    token = hashlib.sha256(f"{path.name}\0{os.getpid()}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    tmp = path.with_name(f".{token}{PARTIAL_SUFFIX}")
     try:
         with tmp.open("wb") as fh:
             fh.write(data)
@@ -382,7 +415,10 @@ class Prepared:
 
 
 def _read_error(path: Path, exc: BaseException) -> ImageReadError:
-    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, Image.UnidentifiedImageError):  # its text names a BytesIO object, not the file
+        detail = "not an image Pillow can identify (unknown or damaged format)"
+    else:
+        detail = str(exc) or type(exc).__name__
     return ImageReadError(
         f"cannot read image {path}: {detail}. The file may be damaged, truncated, or not really a "
         f"{path.suffix or 'image'} file; open it in an image viewer, save it again as JPEG or PNG, and rerun"

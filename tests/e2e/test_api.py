@@ -20,7 +20,8 @@ from tests.e2e.server import REPO_ROOT, ComfyServer, load_api_preset, node_ids, 
 
 pytestmark = pytest.mark.e2e
 
-PACK_NODES = ("DDColorModelLoader", "DDColorResizeByPreset", "DDColorColorize", "DDColorMergeLab", "DDColorCompare")
+PACK_NODES = ("DDColorModelLoader", "DDColorResizeByPreset", "DDColorColorize", "DDColorMergeLab", "DDColorCompare",
+              "DDColorTemporalSmooth")
 OFFICIAL = ("ddcolor_modelscope.pth", "ddcolor_paper.pth", "ddcolor_artistic.pth", "ddcolor_paper_tiny.pth")
 
 # node id -> (display name, [(input, type, expected options subset)], [output types])
@@ -75,6 +76,16 @@ EXPECTED_SCHEMA = {
             ("split_position", "FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0}),
         ],
         ["IMAGE"],
+    ),
+    "DDColorTemporalSmooth": (
+        "DDColor Temporal Smooth (video)",
+        [
+            ("image", "IMAGE", {}),
+            ("ab", "DDCOLOR_AB", {}),
+            ("strength", "FLOAT", {"default": 0.75, "min": 0.0, "max": 0.95}),
+            ("scene_cut_sensitivity", "FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0}),
+        ],
+        ["DDCOLOR_AB", "STRING"],
     ),
 }
 

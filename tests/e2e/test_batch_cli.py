@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.e2e.server import REPO_ROOT
+from tests.e2e.server import REPO_ROOT, ComfyServer
 
 pytestmark = pytest.mark.e2e
 
@@ -177,6 +177,7 @@ def _wait_for_outputs(out: Path, count: int, proc: subprocess.Popen, timeout: fl
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_without_partial_files(comfy_server, photo_folder, tmp_path, sig):
     out = tmp_path / "resumed"
+    prompts_before = _history_count(comfy_server)
     proc = subprocess.Popen(_cli(comfy_server, photo_folder, out), cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_for_outputs(out, 3, proc)
@@ -196,6 +197,11 @@ def test_killed_run_resumes_without_partial_files(comfy_server, photo_folder, tm
     assert f"Colorized {11 - done_before} image(s)" in resumed.stdout
     _check_outputs(photo_folder, out)
     assert not [p for p in out.rglob("*") if PARTIAL in p.name]
+    if sig == signal.SIGKILL:
+        # the killed run's prompts ran on to the end on the server: the rerun collected them, it did not queue
+        # those photos again, so each of the 11 good photos went to the server exactly once
+        assert _history_count(comfy_server) - prompts_before == 11, resumed.stderr
+        assert "collecting their results instead of sending them again" in resumed.stderr, resumed.stderr
 
 
 def test_server_restart_mid_batch_loses_nothing(comfy_server, photo_folder, tmp_path):
@@ -210,7 +216,10 @@ def test_server_restart_mid_batch_loses_nothing(comfy_server, photo_folder, tmp_
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, stdout + stderr
-    assert "the server lost this image (restarted?); sending it again" in stderr, stderr
+    # either the restart was quick (the prompt is simply gone) or the server was away long enough to be set
+    # aside and brought back by the probe; both send the photos in flight again
+    assert ("lost this image (restarted?); sending it again" in stderr
+            or ("is unreachable" in stderr and "answers again" in stderr)), stderr
     assert "Colorized" in stdout and "1 failed" in stdout, stdout
     failed_lines = [line for line in stdout.splitlines() if line.startswith("  ")]
     assert len(failed_lines) == 1 and BROKEN in failed_lines[0], stdout
@@ -226,3 +235,82 @@ def test_setup_errors_exit_2(comfy_server, photo_folder, tmp_path):
     assert unreachable.returncode == 2 and "cannot reach ComfyUI" in unreachable.stderr
     assert not (tmp_path / "o").exists() or not any(p.suffix == ".png" for p in (tmp_path / "o").rglob("*"))
     assert os.path.isdir(photo_folder)
+
+
+def test_a_second_server_that_does_not_answer_is_left_out_and_named(comfy_server, photo_folder, tmp_path):
+    out = tmp_path / "one_of_two"
+    files = [str(photo_folder / "a_small.jpg"), str(photo_folder / "b_wide.png")]
+    proc = _run([sys.executable, "-m", "tools.batch_colorize", *files, "-o", str(out), "--server", comfy_server.url,
+                 "--server", "http://127.0.0.1:9", "--model", comfy_server.model_name, "--input-size", INPUT_SIZE,
+                 "--no-progress"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "http://127.0.0.1:9 does not answer; going on without it" in proc.stderr, proc.stderr
+    assert f"{comfy_server.url}: 2 photo(s)" in proc.stdout and "http://127.0.0.1:9: 0 photo(s)" in proc.stdout
+
+
+def test_the_example_script_runs_through_the_same_client(comfy_server, tmp_path):
+    photo = tmp_path / "old photo.jpg"
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(photo)
+    env = {**os.environ, "COMFYUI_URL": comfy_server.url}
+    env.pop("COMFYUI_DIR", None)
+    proc = subprocess.run([sys.executable, "scripts/run_example.py", "--image", str(photo), "--out",
+                           str(tmp_path / "out"), "--model", comfy_server.model_name, "--timeout", "300"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for kind in ("colorized", "compare"):
+        with Image.open(tmp_path / "out" / f"old photo_{kind}.png") as img:
+            img.load()
+            assert img.size[0] >= 56 and img.size[1] >= 40
+
+
+@pytest.fixture(scope="module")
+def second_server(tiny_weights, tmp_path_factory):
+    """A second real ComfyUI server on this machine, for the several-servers test."""
+    server = ComfyServer(tmp_path_factory.mktemp("second_comfyui"), tiny_weights)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_two_servers_one_killed_and_restarted_loses_nothing(comfy_server, second_server, tmp_path):
+    src = tmp_path / "album"
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        grey = rng.integers(0, 255, (48 + 4 * i, 64), dtype=np.uint8)
+        (src / f"roll{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grey, "L").save(src / f"roll{i % 2}" / f"p{i}.png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "tools.batch_colorize", str(src), "-o", str(out),
+           "--server", f"{comfy_server.url}#1", "--server", f"{second_server.url}#2",
+           "--model", comfy_server.model_name, "--input-size", INPUT_SIZE]  # a line per photo on stderr
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_outputs(out, 2, proc)
+        second_server.kill()  # kill -9 with photos in flight on it
+        second_server.start()  # and back (about a minute): it rejoins if the batch is still running
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stdout + stderr
+    assert f"{second_server.url} is unreachable" in stderr, stderr
+    rels = [f"roll{i % 2}/p{i}.png" for i in range(10)]
+    # none done twice: each photo is reported finished exactly once, and there is exactly one result per photo
+    finished = [line.rsplit(" | ", 1)[-1] for line in stderr.splitlines() if line.endswith(" ok")]
+    assert sorted(finished) == sorted(f"{r} ok" for r in rels), stderr
+    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+                  and p.name not in (MANIFEST, LOCK))
+    assert made == sorted(rels)
+    for rel in rels:  # no photo lost, every output opens at the photo's size
+        with Image.open(out / rel) as img, Image.open(src / rel) as original:
+            img.load()
+            assert img.size == original.size
+    entries = json.loads((out / MANIFEST).read_text())["entries"]
+    assert sorted(entries) == sorted(rels)
+    by_server = {url: sum(e.get("server") == url for e in entries.values())
+                 for url in (comfy_server.url, second_server.url)}
+    assert sum(by_server.values()) == 10 and by_server[comfy_server.url] >= 1, by_server
+    for url, count in by_server.items():
+        assert f"{url}: {count} photo(s)" in stdout, stdout

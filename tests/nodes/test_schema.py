@@ -25,6 +25,12 @@ EXPECTED = {
                    ("offload_after_run", "BOOLEAN", False)],
         "outputs": [("ab", "DDCOLOR_AB"), ("preview", "IMAGE")],
     },
+    "DDColorTemporalSmooth": {
+        "display": "DDColor Temporal Smooth (video)",
+        "inputs": [("image", "IMAGE", None), ("ab", "DDCOLOR_AB", None), ("strength", "FLOAT", 0.75),
+                   ("scene_cut_sensitivity", "FLOAT", 0.5)],
+        "outputs": [("ab", "DDCOLOR_AB"), ("report", "STRING")],
+    },
     "DDColorMergeLab": {
         "display": "DDColor Merge L + ab",
         "inputs": [("image", "IMAGE", None), ("ab", "DDCOLOR_AB", None), ("upsample", "COMBO", "bilinear"),
@@ -49,7 +55,7 @@ def node_list(pack):
     return asyncio.run(extension.get_node_list())
 
 
-def test_entrypoint_lists_the_five_nodes(node_list):
+def test_entrypoint_lists_every_node(node_list):
     assert [n.GET_SCHEMA().node_id for n in node_list] == list(EXPECTED)
 
 

@@ -21,6 +21,7 @@ GOOD_INPUTS = {
     "DDColorColorize": {"input_size": 512, "keep_aspect": False, "batch_size": 4, "offload_after_run": False},
     "DDColorMergeLab": {"upsample": "bilinear", "chroma": 1.0},
     "DDColorCompare": {"mode": "side_by_side", "split_position": 0.5},
+    "DDColorTemporalSmooth": {"strength": 0.75, "scene_cut_sensitivity": 0.5},
 }
 
 # (node, input, bad value, words the reason must contain)
@@ -42,6 +43,9 @@ BAD_VALUES = [
     ("DDColorCompare", "mode", "bogus", ["mode", "bogus", "side_by_side"]),
     ("DDColorCompare", "split_position", 5, ["split_position", "5"]),
     ("DDColorCompare", "split_position", math.nan, ["split_position", "nan"]),
+    ("DDColorTemporalSmooth", "strength", math.nan, ["strength", "nan"]),
+    ("DDColorTemporalSmooth", "strength", -1, ["strength", "-1"]),
+    ("DDColorTemporalSmooth", "scene_cut_sensitivity", math.nan, ["scene_cut_sensitivity", "nan"]),
 ]
 
 
@@ -70,7 +74,7 @@ def comfy_validation(nodes_pkg, model_dir, tiny_weights):
 
 
 def full_prompt(**overrides) -> dict:
-    """Every DDColor node in one API prompt (the portrait preset plus Compare), widgets set to good values."""
+    """Every DDColor node in one API prompt (portrait preset + Temporal Smooth + Compare), widgets all good."""
     inputs = {node: dict(values) for node, values in GOOD_INPUTS.items()}
     for key, value in overrides.items():
         node, name = key.split(".")
@@ -81,8 +85,10 @@ def full_prompt(**overrides) -> dict:
         "3": {"class_type": "DDColorResizeByPreset", "inputs": {"image": ["1", 0], **inputs["DDColorResizeByPreset"]}},
         "4": {"class_type": "DDColorColorize",
               "inputs": {"model": ["2", 0], "image": ["3", 0], **inputs["DDColorColorize"]}},
+        "8": {"class_type": "DDColorTemporalSmooth",
+              "inputs": {"image": ["3", 0], "ab": ["4", 0], **inputs["DDColorTemporalSmooth"]}},
         "5": {"class_type": "DDColorMergeLab",
-              "inputs": {"image": ["3", 0], "ab": ["4", 0], **inputs["DDColorMergeLab"]}},
+              "inputs": {"image": ["3", 0], "ab": ["8", 0], **inputs["DDColorMergeLab"]}},
         "6": {"class_type": "DDColorCompare",
               "inputs": {"before": ["3", 0], "after": ["5", 0], **inputs["DDColorCompare"]}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
@@ -90,7 +96,7 @@ def full_prompt(**overrides) -> dict:
 
 
 NODE_OF = {"DDColorModelLoader": "2", "DDColorResizeByPreset": "3", "DDColorColorize": "4", "DDColorMergeLab": "5",
-           "DDColorCompare": "6"}
+           "DDColorCompare": "6", "DDColorTemporalSmooth": "8"}
 
 
 @pytest.fixture()

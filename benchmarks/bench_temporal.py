@@ -1,0 +1,286 @@
+"""DDColor Temporal Smooth: its speed against the network's, its effect, and the memory of the video node path.
+
+Three tables, each measured in this one run:
+
+1. **speed** — frames/s of ``ddcolor.temporal.smooth_ab`` at ab sizes 512 and 1024 (720p frames, square ab as
+   the official square mode gives) against the network's own frames/s (forward only, tiny and large synthetic
+   weights) at the same size, and smoother time / network time per frame (target: at most 25 %);
+2. **effect** — on the synthetic two-shot clip of the tests (tests/temporal_clip.py): flicker after motion
+   compensation relative to per-frame, error against the true moving colour, deviation of the first frame after
+   the cut from its per-frame colour, for ``forward`` (what the node uses) and ``both`` (forward + backward
+   averaged), per strength;
+3. **memory** — peak RSS of the node path Resize by Preset → Colorize → Temporal Smooth → Merge (the real nodes,
+   in a fresh subprocess with ComfyUI's modules) on a 300-frame 640×480 clip, against the size of the IMAGE
+   batch, stage by stage.
+
+    .venv/bin/python benchmarks/bench_temporal.py                     # all three (~5 min on 2 CPU cores)
+    .venv/bin/python benchmarks/bench_temporal.py --device cuda       # speed on a GPU (flow stays on the CPU)
+    .venv/bin/python benchmarks/bench_temporal.py --only speed --variants tiny --sizes 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def emit(line: str = "") -> None:
+    """One line of the report on stdout (tables are meant to be pasted into Markdown)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------------ 1. speed
+
+
+def bench_speed(args) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    import ddcolor
+    from ddcolor.temporal import smooth_ab
+    from tests.synthetic_weights import cached_weights
+    from tests.temporal_clip import make_clip
+
+    rows = []
+    clip = make_clip(frames=args.frames, cut=args.frames, size_wh=(1280, 720), ab_scale=0.25)  # one shot
+    for size in args.sizes:
+        ab = F.interpolate(clip.ab_pred, size=(size, size), mode="bilinear", align_corners=False).contiguous()
+        smooth_ab(clip.frames[:3], ab[:3], device=args.device)  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            _sync(args.device)
+            start = time.perf_counter()
+            smooth_ab(clip.frames, ab, device=args.device)
+            _sync(args.device)
+            times.append((time.perf_counter() - start) / args.frames)
+        smooth_s = statistics.median(times)
+        for variant in args.variants:
+            model = ddcolor.load_model(cached_weights(variant), device=args.device)
+            x = torch.rand(args.net_batch, 3, size, size)
+            net_times = []
+            with torch.inference_mode():
+                model(x.to(args.device))  # warm-up
+                for _ in range(args.net_repeats):
+                    _sync(args.device)
+                    start = time.perf_counter()
+                    model(x.to(args.device)).cpu()
+                    _sync(args.device)
+                    net_times.append((time.perf_counter() - start) / args.net_batch)
+            net_s = statistics.median(net_times)
+            rows.append({"size": size, "variant": variant, "smooth_ms": smooth_s * 1e3, "smooth_fps": 1 / smooth_s,
+                         "net_ms": net_s * 1e3, "net_fps": 1 / net_s, "ratio": smooth_s / net_s})
+            del model
+    emit(f"\n## speed (device {args.device}, {torch.get_num_threads()} CPU threads, {args.frames} frames of 720p; "
+          f"smoother median of {args.repeats}, network median of {args.net_repeats} x batch {args.net_batch})\n")
+    emit("| ab size | network | smoother ms/frame | smoother frames/s | network ms/frame | network frames/s | "
+          "smoother / network |")
+    emit("|---|---|---|---|---|---|---|")
+    for r in rows:
+        emit(f"| {r['size']} | {r['variant']} | {r['smooth_ms']:.1f} | {r['smooth_fps']:.1f} | {r['net_ms']:.0f} | "
+              f"{r['net_fps']:.2f} | {100 * r['ratio']:.1f} % |")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ 2. effect
+
+
+def bench_effect(args) -> list[dict]:
+    from ddcolor.temporal import smooth_ab
+    from tests.temporal_clip import compensated_flicker, make_clip
+
+    clip = make_clip()
+    base = compensated_flicker(clip.ab_pred, clip)
+    per_frame_error = (clip.ab_pred - clip.ab_true).abs().mean().item()
+    rows = []
+    for direction in ("forward", "both"):
+        for strength in (0.5, 0.75, 0.9):
+            start = time.perf_counter()
+            result = smooth_ab(clip.frames, clip.ab_pred, strength=strength, direction=direction, device=args.device)
+            seconds = time.perf_counter() - start
+            rows.append({
+                "direction": direction, "strength": strength,
+                "flicker": compensated_flicker(result.ab, clip) / base,
+                "error": (result.ab - clip.ab_true).abs().mean().item() / per_frame_error,
+                "cut_frame": (result.ab[clip.cut] - clip.ab_pred[clip.cut]).abs().max().item(),
+                "cuts": list(result.cuts), "ms": 1e3 * seconds / clip.frames.shape[0]})
+    emit(f"\n## effect on the synthetic clip (48 frames, cut at {clip.cut}; per-frame flicker {base:.2f} levels, "
+          f"per-frame error {per_frame_error:.2f})\n")
+    emit("| direction | strength | flicker / per-frame | error / per-frame | first frame after cut, max |Δ| vs "
+          "per-frame | cuts found | ms/frame |")
+    emit("|---|---|---|---|---|---|---|")
+    for r in rows:
+        emit(f"| {r['direction']} | {r['strength']} | {r['flicker']:.3f} | {r['error']:.3f} | {r['cut_frame']:.2f} | "
+              f"{r['cuts']} | {r['ms']:.1f} |")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ 3. memory
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class _PeakSampler:
+    """Samples this process's RSS every 5 ms; ``take()`` returns the peak since the last call."""
+
+    def __init__(self) -> None:
+        self.peak = _rss()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.005)
+
+    def take(self) -> int:
+        time.sleep(0.02)
+        peak, self.peak = self.peak, _rss()
+        return peak
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join()
+
+
+def memory_worker(frames: int, width: int, height: int, input_size: int) -> dict:
+    """Runs in a fresh process: the node path on a synthetic clip; RSS in bytes per stage."""
+    import importlib
+    import importlib.util
+    import tempfile
+
+    import torch
+
+    from tests.e2e.server import find_comfyui_source
+    from tests.synthetic_weights import cached_weights
+
+    torch.set_num_threads(2)
+    comfy_dir = Path(os.environ.get("COMFYUI_DIR") or find_comfyui_source())
+    sys.path.insert(0, str(comfy_dir))
+    from comfy.cli_args import args as comfy_args
+
+    comfy_args.cpu = True
+    comfy_args.base_directory = tempfile.mkdtemp(prefix="ddcolor-bench-")
+    import comfy.model_management  # noqa: F401
+    import comfy.model_patcher
+
+    spec = importlib.util.spec_from_file_location("ddcolor_pack_bench", REPO_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(REPO_ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["ddcolor_pack_bench"] = pack
+    spec.loader.exec_module(pack)
+    nodes = importlib.import_module("ddcolor_pack_bench.nodes")
+    dd = importlib.import_module("ddcolor_pack_bench.ddcolor")
+    net = dd.load_model(cached_weights("tiny"))
+    patcher = comfy.model_patcher.ModelPatcher(net, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+    sampler = _PeakSampler()
+    out = {"start": _rss()}
+    # the IMAGE batch as ComfyUI's GetVideoComponents makes it: float32 (frames, H, W, 3)
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(frames, height, width, 1, generator=g).expand(-1, -1, -1, 3).contiguous()
+    out["image_bytes"] = image.numel() * 4
+    sampler.take()  # (making it needed a temporary third of its size)
+    out["after_image"] = _rss()
+    image_out, size, keep = nodes.DDColorResizeByPreset.execute(image, "custom", input_size, False).result
+    out["resize_peak"] = sampler.take()
+    ab, preview = nodes.DDColorColorize.execute(patcher, image_out, size, keep, 4, False).result
+    out["ab_bytes"] = ab.numel() * 4
+    out["preview_bytes"] = preview.numel() * 4
+    out["colorize_peak"] = sampler.take()
+    out["after_colorize"] = _rss()
+    smooth, _report = nodes.DDColorTemporalSmooth.execute(image_out, ab, 0.75, 0.5).result
+    out["smooth_peak"] = sampler.take()
+    merged = nodes.DDColorMergeLab.execute(image_out, smooth, "bilinear", 1.0).result[0]
+    out["merge_peak"] = sampler.take()
+    out["end"] = _rss()
+    out["merged_bytes"] = merged.numel() * 4
+    sampler.stop()
+    return out
+
+
+def bench_memory(args) -> dict:
+    spec = json.dumps([args.mem_frames, 640, 480, args.mem_input_size])
+    command = [sys.executable, __file__, "--memory-worker", spec]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"memory worker failed:\n{done.stderr[-4000:]}")
+    m = json.loads(done.stdout.strip().splitlines()[-1])
+    gib = 2**30
+    img = m["image_bytes"]
+    emit(f"\n## memory of the node path ({args.mem_frames} frames 640x480, input_size {args.mem_input_size}, "
+         "tiny, CPU)\n")
+    emit(f"IMAGE batch {img / gib:.2f} GiB; ab {m['ab_bytes'] / gib:.3f} GiB; Colorize preview "
+          f"{m['preview_bytes'] / gib:.2f} GiB; Merge output {m['merged_bytes'] / gib:.2f} GiB\n")
+    emit("| stage | peak RSS GiB | above the IMAGE batch alone, GiB | in IMAGE batches |")
+    emit("|---|---|---|---|")
+    base = m["after_image"]
+    for key, label in (("after_image", "IMAGE batch held (start)"), ("resize_peak", "Resize by Preset"),
+                       ("colorize_peak", "Colorize (ab + preview)"), ("smooth_peak", "Temporal Smooth"),
+                       ("merge_peak", "Merge L + ab"), ("end", "all outputs held")):
+        emit(f"| {label} | {m[key] / gib:.2f} | {(m[key] - base) / gib:.2f} | {(m[key] - base) / img:.2f} |")
+    emit(f"\n(process RSS before the clip existed: {m['start'] / gib:.2f} GiB: Python, PyTorch, ComfyUI, the model)")
+    return m
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("speed", "effect", "memory"), action="append")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (warping/blending and the network)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--variants", nargs="+", default=["tiny", "large"])
+    parser.add_argument("--frames", type=int, default=24, help="frames per smoother timing")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--net-repeats", type=int, default=2)
+    parser.add_argument("--net-batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mem-frames", type=int, default=300)
+    parser.add_argument("--mem-input-size", type=int, default=128,
+                        help="network size for the memory run (the ab part scales with its square)")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        emit(json.dumps(memory_worker(*json.loads(args.memory_worker))))
+        return
+    import torch
+
+    torch.set_num_threads(args.threads)
+    emit(f"# bench_temporal  torch {torch.__version__}  load average {os.getloadavg()[0]:.2f}")
+    only = set(args.only or ("speed", "effect", "memory"))
+    results = {}
+    if "effect" in only:
+        results["effect"] = bench_effect(args)
+    if "speed" in only:
+        results["speed"] = bench_speed(args)
+    if "memory" in only:
+        results["memory"] = bench_memory(args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

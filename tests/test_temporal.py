@@ -1,0 +1,142 @@
+"""Temporal smoothing (ddcolor.temporal) on a synthetic film clip with known motion, colour and jitter.
+
+The clip (tests/temporal_clip.py): 48 frames, a pan and zoom over a NASA photo, a hard cut at frame 24 to a
+second picture, sensor noise; the per-frame ab is the true colour plus a known low-frequency jitter.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ddcolor import InputImageError
+from ddcolor.temporal import MAX_STRENGTH, smooth_ab
+from tests.temporal_clip import PHOTOS, _grey, compensated_flicker, make_clip
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return make_clip()
+
+
+@pytest.fixture(scope="module")
+def smoothed(clip):
+    return smooth_ab(clip.frames, clip.ab_pred)  # the node's defaults: strength 0.75, sensitivity 0.5
+
+
+def test_flicker_after_motion_compensation_drops_below_0_4x(clip, smoothed):
+    per_frame = compensated_flicker(clip.ab_pred, clip)
+    after = compensated_flicker(smoothed.ab, clip)
+    assert per_frame > 3.0  # the jitter is really there (std 4 levels per frame)
+    assert after <= 0.4 * per_frame, (after, per_frame)
+
+
+def test_colour_stays_attached_to_the_moving_content(clip, smoothed):
+    """The smoothed colour is closer to the true (moving) colour than the per-frame prediction, and much closer
+    than blending without following the motion, which drags colour behind the content."""
+    per_frame_error = (clip.ab_pred - clip.ab_true).abs().mean().item()
+    error = (smoothed.ab - clip.ab_true).abs().mean().item()
+    still = clip.ab_pred.clone()  # the same blend, but the previous frame is not moved along the motion
+    for t in range(1, still.shape[0]):
+        if t != clip.cut:
+            still[t] = clip.ab_pred[t] + 0.75 * (still[t - 1] - clip.ab_pred[t])
+    still_error = (still - clip.ab_true).abs().mean().item()
+    assert error <= 0.7 * per_frame_error, (error, per_frame_error)
+    assert error <= 0.5 * still_error, (error, still_error)
+
+
+def test_the_cut_is_found_and_the_next_shot_starts_afresh(clip, smoothed):
+    assert smoothed.cuts == (clip.cut,)
+    first = smoothed.ab[clip.cut]
+    assert (first - clip.ab_pred[clip.cut]).abs().max().item() <= 1.0
+    assert "24" in smoothed.report() and "2 shots" in smoothed.report()
+
+
+def test_strength_zero_is_bit_identical_to_per_frame(clip):
+    result = smooth_ab(clip.frames, clip.ab_pred, strength=0.0)
+    assert torch.equal(result.ab, clip.ab_pred)
+    assert result.ab.dtype == clip.ab_pred.dtype
+
+
+def test_input_is_not_changed(clip):
+    before = clip.ab_pred.clone()
+    smooth_ab(clip.frames[:6], clip.ab_pred[:6])
+    assert torch.equal(clip.ab_pred, before)
+
+
+def test_backward_and_forward_average_mixes_later_frames_into_the_cut(clip):
+    """Why the node uses forward only: the two-way average also smooths, but the first frame after a cut is
+    no longer its own per-frame colour."""
+    both = smooth_ab(clip.frames, clip.ab_pred, direction="both")
+    assert both.cuts == (clip.cut,)
+    assert compensated_flicker(both.ab, clip) <= 0.4 * compensated_flicker(clip.ab_pred, clip)
+    assert (both.ab[clip.cut] - clip.ab_pred[clip.cut]).abs().max().item() > 1.0
+
+
+def test_lower_sensitivity_misses_no_cut_here_and_zero_never_cuts(clip):
+    assert smooth_ab(clip.frames, clip.ab_pred, scene_cut_sensitivity=0.3).cuts == (clip.cut,)
+    assert smooth_ab(clip.frames, clip.ab_pred, scene_cut_sensitivity=0.0).cuts == ()
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_a_single_frame_is_returned_unchanged(clip):
+    result = smooth_ab(clip.frames[:1], clip.ab_pred[:1])
+    assert torch.equal(result.ab, clip.ab_pred[:1]) and result.cuts == ()
+
+
+def test_a_clip_of_only_cuts_keeps_every_frame_as_predicted():
+    astronaut, drawing = (_grey(p) for p in PHOTOS)
+    shots = [astronaut[0:144, 0:192], drawing[0:144, 0:192], astronaut[300:444, 250:442],
+             cv2.resize(drawing, (192, 144))[::-1], astronaut[150:294, 300:492][:, ::-1]]
+    frames = torch.from_numpy(np.stack([np.repeat(s[..., None], 3, -1) for s in shots]).astype(np.float32))
+    ab = torch.from_numpy(np.random.default_rng(3).normal(0, 20, size=(5, 2, 96, 128)).astype(np.float32))
+    result = smooth_ab(frames, ab)
+    assert result.cuts == (1, 2, 3, 4)
+    assert torch.equal(result.ab, ab)
+    assert "every one a new shot" in result.report()
+
+
+def test_frames_with_alpha_are_smoothed_like_rgb(clip):
+    rgba = torch.cat([clip.frames[:8], torch.rand(8, *clip.frames.shape[1:3], 1)], dim=-1)
+    assert torch.equal(smooth_ab(rgba, clip.ab_pred[:8]).ab, smooth_ab(clip.frames[:8], clip.ab_pred[:8]).ab)
+
+
+def test_different_frame_counts_are_refused(clip):
+    with pytest.raises(InputImageError, match=r"image has 10 frame\(s\) but ab has 9"):
+        smooth_ab(clip.frames[:10], clip.ab_pred[:9])
+
+
+def test_ab_of_another_picture_shape_is_refused(clip):
+    wrong = torch.zeros(4, 2, 96, 40)  # tall ab for wide frames
+    with pytest.raises(InputImageError, match="different picture shape"):
+        smooth_ab(clip.frames[:4], wrong)
+
+
+def test_square_ab_fits_any_frame_shape(clip):
+    square = torch.nn.functional.interpolate(clip.ab_pred[:4], size=(64, 64), mode="bilinear")
+    assert smooth_ab(clip.frames[:4], square).ab.shape == (4, 2, 64, 64)
+
+
+def test_nan_in_ab_names_the_frame(clip):
+    ab = clip.ab_pred[:6].clone()
+    ab[3, 1, 5, 5] = float("nan")
+    with pytest.raises(InputImageError, match=r"ab\[3\] \(frame 3.*NaN.*fp32"):
+        smooth_ab(clip.frames[:6], ab)
+
+
+def test_widget_values_out_of_range_are_refused(clip):
+    with pytest.raises(InputImageError, match="strength"):
+        smooth_ab(clip.frames[:2], clip.ab_pred[:2], strength=MAX_STRENGTH + 0.01)
+    with pytest.raises(InputImageError, match="scene_cut_sensitivity"):
+        smooth_ab(clip.frames[:2], clip.ab_pred[:2], scene_cut_sensitivity=1.5)
+
+
+def test_memory_stays_one_output_whatever_the_length(clip):
+    """Frames are read one at a time: the result is one new ab tensor, the frames are never copied whole."""
+    result = smooth_ab(clip.frames, clip.ab_pred)
+    assert result.ab.shape == clip.ab_pred.shape and result.ab.dtype == torch.float32
+    assert result.ab.data_ptr() != clip.ab_pred.data_ptr()
