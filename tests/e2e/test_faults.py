@@ -256,7 +256,7 @@ def test_preview_connected_after_a_run_without_it_is_a_real_picture(comfy_server
 
 
 # ---------------------------------------------------------------------------------------------- quick cancel
-def test_cancel_takes_effect_within_5_s_at_1024_batch_16(comfy_server, photo, record_property):
+def test_cancel_takes_effect_within_5_s_at_1024_batch_16(comfy_server, photo):
     """The hostile tester's case: 16 images at input_size 1024 with batch_size 16 took 115 s to cancel."""
     prompt = colorize_prompt(photo, comfy_server.model_name, input_size=1024, batch=16, batch_size=16,
                              prefix="DDColor/e2e_quick_cancel")
@@ -270,7 +270,6 @@ def test_cancel_takes_effect_within_5_s_at_1024_batch_16(comfy_server, photo, re
     comfy_server.wait_for(prompt_id, lambda m: m["type"] in ("execution_interrupted", "execution_success"),
                           timeout=300)
     waited = time.monotonic() - pressed
-    record_property("cancel_seconds", round(waited, 2))  # in the JUnit XML report (--junitxml)
     types = [m["type"] for m in comfy_server.messages(prompt_id)]
     assert "execution_interrupted" in types, types
     assert waited <= 5.0, f"Cancel took {waited:.1f} s to take effect"
