@@ -54,6 +54,11 @@ def _match(before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, tor
     return before, after
 
 
+def match_pair(before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``before`` and ``after`` as float32 RGB on the CPU, same batch length, ``before`` at ``after``'s size."""
+    return _match(_as_rgb(before, "before").cpu(), _as_rgb(after, "after").cpu())
+
+
 def compare_images(
     before: torch.Tensor, after: torch.Tensor, mode: str = "side_by_side", split_position: float = 0.5
 ) -> torch.Tensor:
@@ -70,7 +75,7 @@ def compare_images(
         raise ValueError(f"mode {mode!r} is unknown; choose one of {', '.join(MODES)}.")
     if not 0.0 <= float(split_position) <= 1.0:
         raise ValueError(f"split_position = {split_position} must be between 0 (left edge) and 1 (right edge).")
-    before, after = _match(_as_rgb(before, "before").cpu(), _as_rgb(after, "after").cpu())
+    before, after = match_pair(before, after)
     if mode == "side_by_side":
         return torch.cat([before, after], dim=2).contiguous()
     width = after.shape[2]

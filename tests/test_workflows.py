@@ -582,3 +582,84 @@ def test_help_pages_are_served_from_the_packs_web_directory():
     if pack is None:
         pytest.skip("no pack __init__.py yet")
     assert (REPO / pack.WEB_DIRECTORY).resolve() == (REPO / "web").resolve()
+
+
+# ------------------------------------------------------------------------------------------ tidy layout
+# Every UI workflow in workflows/ (presets added later included).
+UI_WORKFLOWS = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+GROUP_TITLES = (re.compile(r"^1 · \S"), re.compile(r"^2 · colorize\b"), re.compile(r"^3 · result\b"))
+
+
+def _label(node: dict) -> str:
+    return f"{node['type']} #{node['id']}"
+
+
+def _layout_problems(ui: dict) -> list[str]:
+    from tests.workflow_layout import box, crossings, wires
+
+    known = schema()
+    orders = {t: [w[0] for w in widgets_of(s)] for t, s in known.items()}
+    segments = [(f"link {lid} ({_label(o)} -> {_label(t)})", p, q, {_label(o), _label(t)})
+                for lid, o, t, p, q in wires(ui, orders)]
+    return crossings(segments, [(_label(n), box(n)) for n in ui["nodes"]])
+
+
+@pytest.mark.parametrize("name", UI_WORKFLOWS)
+def test_no_wire_runs_under_a_node(name):
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    problems = _layout_problems(ui)
+    assert not problems, f"{name}.json:\n" + "\n".join(problems)
+
+
+def test_layout_check_catches_a_wire_under_a_node():
+    ui = load_ui("portrait")
+    assert not _layout_problems(ui)
+    colorize = by_type(ui, "DDColorColorize")
+    colorize["size"] = [colorize["size"][0], colorize["size"][1] + 200]  # now over Resize -> Merge
+    problems = _layout_problems(ui)
+    assert problems and all("runs under DDColorColorize" in p for p in problems), problems
+    merge = by_type(ui, "DDColorMergeLab")
+    merge["pos"] = [-2000, merge["pos"][1]]
+    assert any("runs backwards" in p for p in _layout_problems(ui))
+
+
+@pytest.mark.parametrize("name", UI_WORKFLOWS)
+def test_nodes_do_not_overlap_and_sit_in_numbered_groups(name):
+    from tests.workflow_layout import box
+
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    nodes = ui["nodes"]
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            (l1, t1, r1, b1), (l2, t2, r2, b2) = box(a), box(b)
+            assert r1 <= l2 or r2 <= l1 or b1 <= t2 or b2 <= t1, f"{name}: {_label(a)} overlaps {_label(b)}"
+    groups = ui.get("groups") or []
+    titles = [g["title"] for g in groups]
+    assert len(groups) == 3 and all(p.match(t) for p, t in zip(GROUP_TITLES, titles, strict=True)), titles
+    assert all(CJK.search(t) for t in titles), f"{name}: group titles need the Chinese too: {titles}"
+    for node in nodes:
+        if node["type"] in VIRTUAL:
+            continue
+        left, top, right, bottom = box(node)
+        inside = [g["title"] for g in groups
+                  if g["bounding"][0] <= left and right <= g["bounding"][0] + g["bounding"][2]
+                  and g["bounding"][1] <= top and bottom <= g["bounding"][1] + g["bounding"][3]]
+        assert len(inside) == 1, f"{name}: {_label(node)} is in groups {inside}"
+
+
+def test_comparer_texts_in_english_and_chinese():
+    """Every text of the graph-editor comparer (web/js) has an English and a Chinese entry in locales/."""
+    script = (REPO / "web" / "js" / "ddcolor_compare.js").read_text(encoding="utf-8")
+    block = re.search(r"const TEXTS = \{(.*?)\n\};", script, re.S)
+    assert block, "TEXTS not found in ddcolor_compare.js"
+    keys = sorted(re.findall(r"^  (\w+):", block.group(1), re.M))
+    assert {"tooltip", "before", "after"} <= set(keys), keys
+    for lang in ("en", "zh"):
+        texts = json.loads((LOCALES / lang / "main.json").read_text(encoding="utf-8"))["ddcolorCompare"]
+        assert sorted(texts) == keys, f"{lang}: {sorted(texts)} != {keys}"
+        for key, text in texts.items():
+            assert text.strip(), f"{lang} ddcolorCompare.{key} is empty"
+            if lang == "zh":
+                assert CJK.search(text), f"zh ddcolorCompare.{key} is not Chinese: {text}"
+        for gesture in ("←", "→", "Shift", "Home", "↑"):
+            assert gesture in texts["tooltip"], f"{lang} tooltip does not mention {gesture}"

@@ -11,7 +11,16 @@
 * the frontend's own ``app.graphToPrompt()`` converts it to the same prompt as its API twin in
   ``workflows/api/``, and that prompt (model = the synthetic tiny weights, image = an uploaded photo) runs on the
   server and writes a full-resolution colour PNG plus the before/after comparison;
-* the README's copy-paste HTTP API example runs unchanged (apart from its settings) against the server.
+* the README's copy-paste HTTP API example runs unchanged (apart from its settings) against the server;
+* the comparer in *DDColor Compare* (``web/js/ddcolor_compare.js``), on the installed frontend (1.32) and a newer
+  one when installed (``.cache/frontend-newest`` or ``DDCOLOR_NEW_FRONTEND_ROOT``): each preset, queued from the
+  tab, fills it; dragging the divider puts the saved *before* picture left of it and *after* right of it
+  (pixel colours of a screenshot against the pictures the page loaded), a click switches, the arrow keys move
+  it with the node selected; a batch of 2 is stepped through; a 4-photo run shows live previews in Colorize;
+  wires as the editor draws them never run under a node; different sizes, very tall/wide photos, a workflow
+  saved before the comparer existed, a reload mid-run and a cached re-run break nothing. Any console error fails
+  (on the newer frontend, any that names this pack: that frontend logs its own on a 0.3.75 server).
+  Screenshots: ``artifacts/e2e/comparer_*.png``, ``*_after_run*.png``, ``live_preview*.png``.
 
 The browser tests skip (with the reason) only when Playwright or ``/usr/bin/chromium`` is not installed;
 ``scripts/setup_env.sh`` installs both. ``DDCOLOR_CHROMIUM`` points at another Chromium binary.
@@ -114,7 +123,8 @@ class EditorPage:
         self.page = context.new_page()
         self.console: list[dict] = []
         self.page.on("console", self._on_console)
-        self.page.on("pageerror", lambda exc: self.console.append({"type": "pageerror", "text": str(exc), "url": ""}))
+        self.page.on("pageerror", lambda exc: self.console.append(
+            {"type": "pageerror", "text": f"{exc}\n{getattr(exc, 'stack', '') or ''}", "url": ""}))
         # nothing outside the test server exists here (no internet); refuse it at once instead of waiting on DNS
         self.page.route("**/*", self._route)
 
@@ -163,11 +173,17 @@ class EditorPage:
         card.click()
         dialog.wait_for(state="hidden", timeout=30_000)
 
-    def problems_since(self, start: int) -> list[str]:
-        """Console errors/warnings logged after ``start`` (requests we refused to other hosts excepted)."""
+    def problems_since(self, start: int, ours_only: bool = False, stop: int | None = None) -> list[str]:
+        """Console errors/warnings logged after ``start`` (requests we refused to other hosts excepted).
+
+        ``ours_only``: only those that name this pack (a newer frontend on ComfyUI 0.3.75 logs its own errors,
+        e.g. for server routes 0.3.75 does not have).
+        """
         found = []
-        for entry in self.console[start:]:
+        for entry in self.console[start:stop]:
             if entry["type"] not in ("error", "warning", "pageerror"):
+                continue
+            if ours_only and "ddcolor" not in (entry["text"] + entry["url"]).lower():
                 continue
             refused = (
                 entry["text"].startswith("Failed to load resource")
@@ -389,3 +405,576 @@ def test_readme_http_api_example_runs(comfy_server, tmp_path):
     assert sizes == sorted([(width, height), (2 * width, height)]), sizes
     for path in written:
         assert f"saved {path}" in result.stdout
+
+
+# ================================================================================ the comparer in the graph editor
+# Frontends: the one ComfyUI 0.3.75 installs (1.32) always; a newer one when one is installed where
+# DDCOLOR_NEW_FRONTEND_ROOT points (a comfyui-frontend-package "static" folder, or a `pip install --target`
+# folder holding the package), else ./.cache/frontend-newest: the server then runs with --front-end-root.
+def _new_frontend_root() -> Path | None:
+    candidates = [os.environ.get("DDCOLOR_NEW_FRONTEND_ROOT"), str(REPO_ROOT / ".cache" / "frontend-newest")]
+    for raw in filter(None, candidates):
+        for path in (Path(raw), Path(raw) / "static", Path(raw) / "comfyui_frontend_package" / "static"):
+            if (path / "index.html").is_file():
+                return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def newest_frontend_server(tiny_weights):
+    root = _new_frontend_root()
+    if root is None:
+        pytest.skip("no newer frontend installed: pip install --target .cache/frontend-newest --no-deps "
+                    "'comfyui-frontend-package==1.58.*' (or set DDCOLOR_NEW_FRONTEND_ROOT)")
+    from tests.e2e.server import ComfyServer
+
+    folder = Path(tempfile.mkdtemp(prefix="ddcolor_e2e_fe_"))
+    server = ComfyServer(folder, tiny_weights, extra_args=("--front-end-root", str(root)))
+    server.frontend_root = root
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["installed", "newest"])
+def ui_server(request, comfy_server):
+    return comfy_server if request.param == "installed" else request.getfixturevalue("newest_frontend_server")
+
+
+@pytest.fixture
+def ui_editor(browser_context, ui_server):
+    page = EditorPage(browser_context, ui_server)
+    try:
+        page.open()
+        yield page
+    finally:
+        page.page.close()
+
+
+_FRONTEND_VERSION_JS = "() => (window.__COMFYUI_FRONTEND_VERSION__ || '?')"
+
+_LOAD_JS = "async (workflow) => { await window.app.loadGraphData(workflow); window.app.canvas.setDirty(true, true); }"
+
+# queue a prompt as this tab (its client id), so the tab gets the run's messages, as the Run button does
+_QUEUE_JS = """
+async ({prompt, workflow}) => {
+    const api = window.comfyAPI.api.api;
+    const extra = workflow ? {extra_pnginfo: {workflow}} : {};
+    const resp = await api.fetchApi("/prompt", {method: "POST", headers: {"Content-Type": "application/json"},
+        body: JSON.stringify({prompt, client_id: api.clientId, extra_data: extra})});
+    const body = await resp.json();
+    if (resp.status !== 200) throw new Error(`prompt refused: ${JSON.stringify(body)}`);
+    return body.prompt_id;
+}
+"""
+
+# the wires and node boxes as the editor draws them (canvas units)
+_GEOMETRY_JS = """
+() => {
+    const g = window.app.graph;
+    const links = g.links instanceof Map ? [...g.links.values()] : Object.values(g.links || {});
+    const pos = (node, input, slot) => {
+        if (node.getConnectionPos) return [...node.getConnectionPos(input, slot)];
+        return [...(input ? node.getInputPos(slot) : node.getOutputPos(slot))];
+    };
+    const label = (n) => `${n.type} #${n.id}`;
+    return {
+        wires: links.filter(Boolean).map((l) => {
+            const o = g.getNodeById(l.origin_id), t = g.getNodeById(l.target_id);
+            return [`link ${l.id} (${label(o)} -> ${label(t)})`, pos(o, false, l.origin_slot),
+                    pos(t, true, l.target_slot), [label(o), label(t)]];
+        }),
+        boxes: g.nodes.map((n) => {
+            const b = n.getBounding ? [...n.getBounding()] : [n.pos[0], n.pos[1] - 30, n.size[0], n.size[1] + 30];
+            return [label(n), [b[0], b[1], b[0] + b[2], b[1] + b[3]]];
+        }),
+    };
+}
+"""
+
+# put node `id` at the top left of the canvas at zoom 1, with room for its comparer
+_FOCUS_NODE_JS = """
+async (id) => {
+    const canvas = window.app.canvas;
+    const node = window.app.graph.getNodeById(id);
+    canvas.ds.scale = 1;
+    canvas.ds.offset[0] = -node.pos[0] + 420;
+    canvas.ds.offset[1] = -node.pos[1] + 260;
+    canvas.setDirty(true, true);
+    await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+}
+"""
+
+_COMPARER_JS = """
+(id) => {
+    const node = window.app.graph.getNodeById(id);
+    const root = node && node.__ddcolorComparer && node.__ddcolorComparer.root;
+    if (!root) return null;
+    const rect = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; };
+    const output = (window.app.nodeOutputs || {})[String(id)] || null;
+    return {
+        ...root.dataset, title: root.title, role: root.getAttribute("role"),
+        frame: rect(root.querySelector(".ddcolor-cmp-frame")), stage: rect(root.querySelector(".ddcolor-cmp-stage")),
+        barVisible: root.querySelector(".ddcolor-cmp-bar").style.display !== "none",
+        counter: root.querySelector(".ddcolor-cmp-counter").textContent,
+        empty: root.querySelector(".ddcolor-cmp-empty").textContent,
+        before: root.querySelector(".ddcolor-cmp-before").src, after: root.querySelector(".ddcolor-cmp-after").src,
+        output,
+    };
+}
+"""
+
+_TITLE_POINT_JS = """
+(id) => {
+    const canvas = window.app.canvas;
+    const node = window.app.graph.getNodeById(id);
+    const r = canvas.canvas.getBoundingClientRect();
+    const s = canvas.ds.scale, o = canvas.ds.offset;
+    return [r.left + (node.pos[0] + 60 + o[0]) * s, r.top + (node.pos[1] - 15 + o[1]) * s];
+}
+"""
+
+
+def _workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def _node_id(workflow: dict, node_type: str) -> int:
+    (node,) = [n for n in workflow["nodes"] if n["type"] == node_type]
+    return node["id"]
+
+
+def _wait_done(server, prompt_id: str, timeout: float = 600) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = server.history(prompt_id)
+        status = entry.get("status") or {}
+        if status.get("completed") or status.get("status_str") in ("success", "error"):
+            assert status.get("status_str") == "success", f"the run failed: {status}\n{server.log_tail()}"
+            return entry
+        time.sleep(0.5)
+    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s\n{server.log_tail()}")
+
+
+def _view(server, url: str) -> np.ndarray:
+    """An image the page shows, fetched by its /view URL."""
+    query = urlparse(url).query
+    resp = server.http.get(f"{server.url}/api/view?{query}", timeout=60)
+    assert resp.status_code == 200, f"{url}: HTTP {resp.status_code}"
+    import io
+
+    with Image.open(io.BytesIO(resp.content)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _shot(page, rect) -> np.ndarray:
+    import io
+
+    left, top, width, height = rect
+    png = page.screenshot(clip={"x": left, "y": top, "width": width, "height": height})
+    with Image.open(io.BytesIO(png)) as im:
+        return np.asarray(im.convert("RGB")).astype(np.int16)
+
+
+def _as_shown(picture: np.ndarray, shape) -> np.ndarray:
+    height, width = shape[:2]
+    return np.asarray(Image.fromarray(picture).resize((width, height), Image.BILINEAR)).astype(np.int16)
+
+
+def _region_error(shot, reference, x0: float, x1: float) -> float:
+    """Mean absolute colour difference over columns x0..x1 (fractions), below the labels."""
+    height, width = shot.shape[:2]
+    a, b = int(round(x0 * width)), int(round(x1 * width))
+    top = min(height - 1, 26)
+    return float(np.abs(shot[top:, a:b] - reference[top:, a:b]).mean())
+
+
+def _assert_split(page, info, before, after, position: float, context: str) -> None:
+    shot = _shot(page, info["frame"])
+    want_before, want_after = _as_shown(before, shot.shape), _as_shown(after, shot.shape)
+    # kept for a look when a check below fails
+    page.screenshot(path=str(ARTIFACTS / "comparer_last_checked.png"))
+    margin = 0.03
+    if position > 0.1:  # left of the divider: the before image
+        left = (0.02, position - margin)
+        ok, wrong = _region_error(shot, want_before, *left), _region_error(shot, want_after, *left)
+        assert ok < 6 and ok < wrong / 2, f"{context}: left of the divider is not 'before' ({ok:.1f} vs {wrong:.1f})"
+    if position < 0.9:  # right of it: the after image
+        right = (position + margin, 0.98)
+        ok, wrong = _region_error(shot, want_after, *right), _region_error(shot, want_before, *right)
+        assert ok < 6 and ok < wrong / 2, f"{context}: right of the divider is not 'after' ({ok:.1f} vs {wrong:.1f})"
+
+
+def _check_layout_in_editor(page, name: str) -> None:
+    from tests.workflow_layout import crossings
+
+    geometry = page.evaluate(_GEOMETRY_JS)
+    problems = crossings([(label, p, q, set(own)) for label, p, q, own in geometry["wires"]], geometry["boxes"])
+    assert not problems, f"{name}: wires under nodes in the editor:\n" + "\n".join(problems)
+
+
+def _run_in_tab(editor, prompt: dict, workflow: dict | None = None) -> str:
+    return editor.page.evaluate(_QUEUE_JS, {"prompt": prompt, "workflow": workflow})
+
+
+def _preset_prompt(editor, server, image_name: str) -> dict:
+    page = editor.page
+    page.evaluate(_SET_WIDGET_JS, {"type": "LoadImage", "name": "image", "value": image_name})
+    page.evaluate(_SET_WIDGET_JS, {"type": "DDColorModelLoader", "name": "model_name", "value": server.model_name})
+    return page.evaluate(_CONVERT_JS)
+
+
+def _wait_comparer(page, node_id: int, count: int, timeout: float = 120_000) -> dict:
+    page.wait_for_function(
+        "([id, count]) => { const n = window.app.graph.getNodeById(id); const r = n && n.__ddcolorComparer;"
+        " return r && r.root.dataset.ready === 'true' && r.root.dataset.count === String(count)"
+        " && r.afterImg.complete && r.beforeImg.complete; }",
+        arg=[node_id, count], timeout=timeout,
+    )
+    page.wait_for_timeout(300)
+    return page.evaluate(_COMPARER_JS, node_id)
+
+
+@pytest.mark.ui
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_comparer_drag_click_and_keys_after_a_run(ui_editor, ui_server, preset):
+    editor, server, page = ui_editor, ui_server, ui_editor.page
+    frontend = page.evaluate(_FRONTEND_VERSION_JS)
+    tag = "_newest" if hasattr(server, "frontend_root") else ""
+    workflow = _workflow(preset)
+    compare_id = _node_id(workflow, "DDColorCompare")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    mark = len(editor.console)
+    page.evaluate(_LOAD_JS, workflow)
+    page.wait_for_timeout(1000)
+    _check_layout_in_editor(page, preset)  # the tidy layout, as this frontend draws it
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert info is not None, f"frontend {frontend}: the comparer was not added to DDColor Compare"
+    assert info["ready"] == "false" and info["count"] == "0"
+    # the extension's widget is not a setting: the saved workflow and the prompt are what they were
+    state = page.evaluate(_STATE_JS)
+    saved = {n["id"]: n["widgets_values"] for n in state["saved"]}
+    assert saved[compare_id] == next(n for n in workflow["nodes"] if n["id"] == compare_id)["widgets_values"]
+
+    prompt = _preset_prompt(editor, server, server.upload(PHOTO))
+    assert _core(prompt) == _core(_patched_api_twin(preset, server.model_name, prompt["1"]["inputs"]["image"]))
+    _wait_done(server, _run_in_tab(editor, prompt))
+    info = _wait_comparer(page, compare_id, 1)
+    assert not info["barVisible"], "a single photo needs no photo picker"
+    assert info["output"] is None or "images" not in info["output"]
+    before, after = _view(server, info["before"]), _view(server, info["after"])
+    with Image.open(PHOTO) as photo:
+        assert before.shape[:2] == after.shape[:2] == (photo.height, photo.width)
+    assert np.abs(before.astype(int) - after.astype(int)).mean() > 3, "before and after must differ for this test"
+
+    page.evaluate(_FOCUS_NODE_JS, compare_id)
+    page.wait_for_timeout(500)
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    left, top, width, height = info["frame"]
+    assert width > 150 and height > 150, f"the comparer is too small to use: {info['frame']}"
+    page.screenshot(path=str(ARTIFACTS / f"{preset}_after_run{tag}.png"))
+
+    # drag the divider to 30 %: before on its left, after on its right
+    y = top + height * 0.6
+    page.mouse.move(left + width * 0.5, y)
+    page.mouse.down()
+    page.mouse.move(left + width * 0.4, y, steps=4)
+    page.mouse.move(left + width * 0.3, y, steps=4)
+    page.mouse.up()
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert info["show"] == "split" and abs(float(info["position"]) - 0.3) < 0.02, info
+    _assert_split(page, info, before, after, 0.3, f"{preset} ({frontend}) after dragging to 30%")
+    page.mouse.move(left + width * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(left + width * 0.8, y, steps=6)
+    page.mouse.up()
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert abs(float(info["position"]) - 0.8) < 0.02, info
+    _assert_split(page, info, before, after, 0.8, f"{preset} ({frontend}) after dragging to 80%")
+
+    # click: the whole before, click again: the whole after
+    page.mouse.click(left + width * 0.5, y)
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert info["show"] == "before", info
+    _assert_split(page, info, before, after, 1.0, f"{preset} ({frontend}) after one click")
+    page.mouse.click(left + width * 0.5, y)
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert info["show"] == "after", info
+    _assert_split(page, info, before, after, 0.0, f"{preset} ({frontend}) after two clicks")
+
+    # keys: with the comparer focused (it was clicked), and with only the node selected on the canvas
+    page.keyboard.press("Home")
+    page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("ArrowRight")
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert info["show"] == "split" and abs(float(info["position"]) - 0.11) < 1e-6, info
+    page.mouse.click(*page.evaluate(_TITLE_POINT_JS, compare_id))  # select the node by its title
+    assert page.evaluate("(id) => !!window.app.canvas.selected_nodes[id]", compare_id)
+    for _ in range(4):
+        page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("ArrowLeft")
+    page.mouse.move(5, 5)  # away from the title: its tooltip would cover the picture
+    page.wait_for_timeout(500)
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert abs(float(info["position"]) - 0.5) < 1e-6, info
+    _assert_split(page, info, before, after, 0.5, f"{preset} ({frontend}) after the arrow keys")
+    assert info["role"] == "slider" and "Drag" in info["title"] and "←" in info["title"], info["title"]
+    left, top, width, height = page.evaluate(_COMPARER_JS, compare_id)["stage"]
+    page.screenshot(path=str(ARTIFACTS / f"comparer_{preset}{tag}.png"),
+                    clip={"x": left - 20, "y": top - 150, "width": width + 40, "height": height + 190})
+    problems = editor.problems_since(mark, ours_only=bool(tag))
+    assert not problems, f"{preset} ({frontend}): console errors/warnings:\n" + "\n".join(problems)
+
+
+def _second_photo(tmp_path: Path, size=(384, 512), name="second.png") -> Path:
+    """A photo unlike the first: the astronaut mirrored and cropped to another shape, in grey."""
+    with Image.open(PHOTO) as photo:
+        grey = photo.convert("L").transpose(Image.FLIP_LEFT_RIGHT).resize(size, Image.BILINEAR)
+    path = tmp_path / name
+    grey.save(path)
+    return path
+
+
+def _gradient(tmp_path: Path, width: int, height: int, name: str) -> Path:
+    ramp = np.linspace(0, 255, max(width, height), dtype=np.float32)
+    values = ramp[None, :width] if width >= height else ramp[:height, None]
+    picture = np.broadcast_to(values, (height, width)).astype(np.uint8)
+    path = tmp_path / name
+    Image.fromarray(picture, "L").save(path)
+    return path
+
+
+_RECORD_JS = """
+() => {
+    const api = window.comfyAPI.api.api;
+    const log = (window.__ddcolorLog = {previews: [], progress: [], executed: []});
+    api.addEventListener("b_preview_with_metadata", (e) =>
+        log.previews.push({node: String(e.detail.displayNodeId ?? e.detail.nodeId), t: performance.now()}));
+    api.addEventListener("b_preview", () => log.previews.push({node: null, t: performance.now()}));
+    api.addEventListener("progress", (e) => log.progress.push(
+        {node: String(e.detail.node), value: e.detail.value, max: e.detail.max, t: performance.now()}));
+    api.addEventListener("executed", (e) => log.executed.push({node: String(e.detail.node), t: performance.now()}));
+}
+"""
+
+
+@pytest.mark.ui
+@pytest.mark.timeout(900)
+def test_comparer_steps_through_a_batch_and_colorize_shows_live_previews(ui_editor, ui_server, tmp_path):
+    editor, server, page = ui_editor, ui_server, ui_editor.page
+    tag = "_newest" if hasattr(server, "frontend_root") else ""
+    workflow = _workflow("ddcolor_portrait")
+    compare_id, colorize_id = _node_id(workflow, "DDColorCompare"), _node_id(workflow, "DDColorColorize")
+    mark = len(editor.console)
+    page.evaluate(_LOAD_JS, workflow)
+    page.evaluate(_RECORD_JS)
+    prompt = _preset_prompt(editor, server, server.upload(PHOTO))
+    load = str(_node_id(workflow, "LoadImage"))
+
+    # -- a batch of 2 different photos: ‹ › and the Up/Down keys pick the photo ------------------------------
+    batch = json.loads(json.dumps(prompt))
+    batch["20"] = {"class_type": "LoadImage", "inputs": {"image": server.upload(_second_photo(tmp_path))}}
+    batch["21"] = {"class_type": "ImageBatch", "inputs": {"image1": [load, 0], "image2": ["20", 0]}}
+    for node in batch.values():
+        for name, value in node["inputs"].items():
+            if value == [load, 0] and node["class_type"] != "ImageBatch":
+                node["inputs"][name] = ["21", 0]
+    _wait_done(server, _run_in_tab(editor, batch))
+    info = _wait_comparer(page, compare_id, 2)
+    assert info["barVisible"] and info["index"] == "0" and info["counter"].endswith("1 / 2"), info
+    first = (_view(server, info["before"]), _view(server, info["after"]))
+    page.evaluate(_FOCUS_NODE_JS, compare_id)
+    page.wait_for_timeout(400)
+    page.locator(".ddcolor-cmp-next").click()
+    info = _wait_comparer(page, compare_id, 2)
+    assert info["index"] == "1" and info["counter"].endswith("2 / 2"), info
+    second = (_view(server, info["before"]), _view(server, info["after"]))
+    assert np.abs(first[0].astype(int) - second[0].astype(int)).mean() > 10, "photo 2 is not another picture"
+    _assert_split(page, info, *second, 0.5, "photo 2 of the batch")
+    page.screenshot(path=str(ARTIFACTS / f"comparer_batch{tag}.png"))
+    page.keyboard.press("ArrowDown")  # the comparer has focus after the click: next wraps round to photo 1
+    info = _wait_comparer(page, compare_id, 2)
+    assert info["index"] == "0", info
+    _assert_split(page, info, *first, 0.5, "back to photo 1 of the batch")
+
+    # -- 4 photos, one at a time: the Colorize node shows the latest finished photo while the bar moves ---------
+    four = json.loads(json.dumps(prompt))
+    four["22"] = {"class_type": "RepeatImageBatch", "inputs": {"image": [load, 0], "amount": 4}}
+    for node in four.values():
+        for name, value in node["inputs"].items():
+            if value == [load, 0] and node["class_type"] != "RepeatImageBatch":
+                node["inputs"][name] = ["22", 0]
+    four[str(colorize_id)]["inputs"]["batch_size"] = 1
+    page.evaluate("() => { const log = window.__ddcolorLog; log.previews.length = log.progress.length = 0;"
+                  " log.executed.length = 0; }")
+    _wait_done(server, _run_in_tab(editor, four))
+    _wait_comparer(page, compare_id, 4)
+    log = page.evaluate("() => window.__ddcolorLog")
+    steps = [p["value"] for p in log["progress"] if p["node"] == str(colorize_id)]
+    assert steps == [1, 2, 3, 4], log["progress"]
+    # a frontend that reads the node id from the message also fires the plain event for the same picture
+    tagged = [p for p in log["previews"] if p["node"] is not None]
+    ours = [p for p in tagged if p["node"] == str(colorize_id)] if tagged else log["previews"]
+    assert 1 <= len(ours) <= 4, log["previews"]
+    done = min(e["t"] for e in log["executed"] if e["node"] == str(compare_id))
+    assert ours[0]["t"] < done, "the live preview came only after the run"
+    shown = page.evaluate(
+        "(id) => { const n = window.app.graph.getNodeById(id); const p = window.app.nodePreviewImages || {};"
+        " return (n.imgs && n.imgs.length)"
+        " || Object.keys(p).filter((k) => k === String(id) || k.endsWith(':' + id)).length; }",
+        colorize_id,
+    )
+    assert shown, "the Colorize node shows no preview"
+    page.evaluate(_FOCUS_NODE_JS, colorize_id)
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(ARTIFACTS / f"live_preview{tag}.png"))
+    problems = editor.problems_since(mark, ours_only=bool(tag))
+    assert not problems, "console errors/warnings:\n" + "\n".join(problems)
+
+
+@pytest.mark.ui
+@pytest.mark.timeout(900)
+def test_comparer_bad_input(editor, comfy_server, tmp_path):
+    """Different sizes, very tall/wide photos, an old workflow, a reload mid-run: no console error, no breakage."""
+    page, server = editor.page, comfy_server
+    mark = len(editor.console)
+
+    # -- a workflow saved before the comparer existed loads unchanged and converts to the same prompt -----------
+    old = json.loads((Path(__file__).parent / "data" / "ddcolor_portrait_before_comparer.json").read_text("utf-8"))
+    page.evaluate(_LOAD_JS, old)
+    page.wait_for_timeout(1000)
+    state = page.evaluate(_STATE_JS)
+    saved = {n["id"]: n["widgets_values"] for n in state["saved"]}
+    assert saved == {n["id"]: n.get("widgets_values") for n in old["nodes"]}
+    links = page.evaluate("() => window.app.graph.serialize().links")
+    assert sorted(map(tuple, links)) == sorted(map(tuple, old["links"]))
+    positions = page.evaluate("() => window.app.graph.serialize().nodes.map((n) => [n.id, n.pos])")
+    assert {i: list(p) for i, p in positions} == {n["id"]: n["pos"] for n in old["nodes"]}
+    compare_id = _node_id(old, "DDColorCompare")
+    assert page.evaluate(_COMPARER_JS, compare_id)["count"] == "0"
+    prompt = _preset_prompt(editor, server, server.upload(PHOTO))
+    assert _core(prompt) == _core(_patched_api_twin("ddcolor_portrait", server.model_name,
+                                                    prompt["1"]["inputs"]["image"]))
+    load = str(_node_id(old, "LoadImage"))
+    _wait_done(server, _run_in_tab(editor, prompt))
+    _wait_comparer(page, compare_id, 1)
+
+    # -- before and after of different sizes: before is resized to after's size (stretched, not letterboxed) ----
+    odd = json.loads(json.dumps(prompt))
+    odd["20"] = {"class_type": "LoadImage", "inputs": {"image": server.upload(_second_photo(tmp_path, (300, 500)))}}
+    odd[str(compare_id)]["inputs"]["before"] = ["20", 0]
+    _wait_done(server, _run_in_tab(editor, odd))
+    info = _wait_comparer(page, compare_id, 1)
+    before, after = _view(server, info["before"]), _view(server, info["after"])
+    assert before.shape == after.shape == (512, 512, 3)
+    with Image.open(tmp_path / "second.png") as second:
+        stretched = np.asarray(second.convert("RGB").resize((512, 512), Image.BILINEAR)).astype(int)
+    assert np.abs(before.astype(int) - stretched).mean() < 4, "before is not the other photo resized to after's size"
+    page.evaluate(_FOCUS_NODE_JS, compare_id)
+    page.wait_for_timeout(400)
+    info = page.evaluate(_COMPARER_JS, compare_id)
+    assert abs(info["frame"][2] - info["frame"][3]) <= 2, info["frame"]  # after's shape (square)
+    _assert_split(page, info, before, after, 0.5, "different sizes")
+    page.screenshot(path=str(ARTIFACTS / "comparer_different_sizes.png"))
+
+    # -- very tall and very wide photos: letterboxed inside the node, whole picture visible ------------------
+    for width, height in ((48, 1536), (1536, 48)):
+        name = server.upload(_gradient(tmp_path, width, height, f"gradient_{width}x{height}.png"))
+        extreme = json.loads(json.dumps(prompt))
+        extreme[load]["inputs"]["image"] = name
+        _wait_done(server, _run_in_tab(editor, extreme))
+        page.wait_for_function(
+            "([id, w]) => { const r = window.app.graph.getNodeById(id).__ddcolorComparer;"
+            " return r.root.dataset.ready === 'true' && r.afterImg.naturalWidth === w; }",
+            arg=[compare_id, width], timeout=120_000,
+        )
+        page.wait_for_timeout(300)
+        info = page.evaluate(_COMPARER_JS, compare_id)
+        fl, ft, fw, fh = info["frame"]
+        sl, st, sw, sh = info["stage"]
+        assert fl >= sl - 1 and ft >= st - 1 and fl + fw <= sl + sw + 1 and ft + fh <= st + sh + 1, info
+        assert abs(fw / fh - width / height) / (width / height) < 0.15 or min(fw, fh) <= 2, info
+        assert max(fw / sw, fh / sh) > 0.97, f"the picture does not fill the node's long side: {info}"
+        page.screenshot(path=str(ARTIFACTS / f"comparer_{width}x{height}.png"))
+
+    # -- the page reloaded in the middle of a run -----------------------------------------------------------
+    long_run = json.loads(json.dumps(prompt))
+    long_run["22"] = {"class_type": "RepeatImageBatch", "inputs": {"image": [load, 0], "amount": 6}}
+    for node in long_run.values():
+        for key, value in node["inputs"].items():
+            if value == [load, 0] and node["class_type"] != "RepeatImageBatch":
+                node["inputs"][key] = ["22", 0]
+    colorize = str(_node_id(old, "DDColorColorize"))
+    long_run[colorize]["inputs"]["batch_size"] = 1
+    page.evaluate(_RECORD_JS)
+    prompt_id = _run_in_tab(editor, long_run)
+    page.wait_for_function("() => window.__ddcolorLog.progress.length > 0", timeout=120_000)
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_function(
+        "() => window.app && window.app.graph && window.app.canvas && window.app.vueAppReady", timeout=120_000
+    )
+    _wait_done(server, prompt_id)
+    page.wait_for_timeout(1500)
+    restored = page.evaluate("() => window.app.graph.nodes.filter((n) => n.type === 'DDColorCompare').map((n) => n.id)")
+    assert restored, "the workflow was not restored after the reload"
+    # the same prompt as the first run: ComfyUI serves it from its cache, the fresh page still gets the pictures
+    prompt_again = _preset_prompt(editor, server, prompt["1"]["inputs"]["image"])
+    assert _core(prompt_again) == _core(prompt)
+    _wait_done(server, _run_in_tab(editor, prompt_again))
+    _wait_comparer(page, restored[0], 1)
+    # a reload starts the editor again: what it logged when the tab first opened (before this test, without
+    # any run) is the editor's own start-up noise; anything else fails
+    startup = {line.splitlines()[0] for line in editor.problems_since(0, stop=mark)}
+    problems = [p for p in editor.problems_since(mark) if p.splitlines()[0] not in startup]
+    assert not problems, "console errors/warnings:\n" + "\n".join(problems)
+
+
+@pytest.mark.ui
+@pytest.mark.timeout(600)
+def test_comparer_tooltip_follows_the_language_setting(browser_context, comfy_server):
+    """With ComfyUI's language set to Chinese, the comparer's tooltip and hint come from locales/zh."""
+    zh = json.loads((REPO_ROOT / "locales" / "zh" / "main.json").read_text(encoding="utf-8"))["ddcolorCompare"]
+    url = f"{comfy_server.url}/api/settings/Comfy.Locale"
+    assert comfy_server.http.post(url, json="zh", timeout=30).status_code == 200
+    editor = EditorPage(browser_context, comfy_server)
+    try:
+        editor.open()
+        mark = len(editor.console)
+        workflow = _workflow("ddcolor_portrait")
+        editor.page.evaluate(_LOAD_JS, workflow)
+        compare_id = _node_id(workflow, "DDColorCompare")
+        editor.page.wait_for_function(
+            "([id, text]) => window.app.graph.getNodeById(id).__ddcolorComparer.root.title === text",
+            arg=[compare_id, zh["tooltip"]], timeout=30_000,
+        )
+        info = editor.page.evaluate(_COMPARER_JS, compare_id)
+        assert info["empty"] == zh["empty"], info
+        problems = editor.problems_since(mark)
+        assert not problems, "console errors/warnings:\n" + "\n".join(problems)
+    finally:
+        editor.page.close()
+        comfy_server.http.post(url, json="en", timeout=30)
+
+
+@pytest.mark.ui
+@pytest.mark.timeout(600)
+def test_no_wire_runs_under_a_node_as_the_editor_draws_it(editor):
+    """Every UI workflow in workflows/ (presets added later included), with the slot positions the editor uses."""
+    mark = len(editor.console)
+    for path in sorted(WORKFLOWS.glob("*.json")):
+        workflow = json.loads(path.read_text(encoding="utf-8"))
+        editor.page.evaluate(_LOAD_JS, workflow)
+        editor.page.wait_for_timeout(800)
+        _check_layout_in_editor(editor.page, path.stem)
+        editor.page.evaluate(_FIT_VIEW_JS)
+        editor.page.wait_for_timeout(400)
+        editor.page.screenshot(path=str(ARTIFACTS / f"layout_{path.stem}.png"))
+    # a preset's placeholder input (the video preset's example.mp4) is not on this server: not a layout matter
+    problems = [p for p in editor.problems_since(mark) if "/api/view?type=input&" not in p]
+    assert not problems, "console errors/warnings:\n" + "\n".join(problems)
