@@ -3,6 +3,7 @@
 No ComfyUI import anywhere in this package. See CONTRIBUTING.md for the API contract.
 """
 
+from .arch import step_callback
 from .config import DDColorConfig, detect_config
 from .errors import CheckpointError, DDColorError, InputImageError, UnsupportedModelError
 from .loading import load_model
@@ -35,6 +36,7 @@ __all__ = [
     "model_input_geometry",
     "predict_ab",
     "prepare_input",
+    "step_callback",
 ]
 
 try:  # the download helper needs huggingface_hub only when used

@@ -16,6 +16,7 @@ copy, so loading needs about one copy of the weights (a dtype or device change c
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -73,6 +74,72 @@ def resolve_weights_file(path: str | Path) -> tuple[Path, dict | None]:
     return path, None
 
 
+def _size_text(size: int) -> str:
+    """A file size for messages: bytes below 1 MB, else MB with one decimal."""
+    return f"{size} bytes" if size < 1_000_000 else f"{size / 1e6:.1f} MB"
+
+
+def _is_whole_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_Entry = tuple[torch.dtype, list[int], int, int]  # dtype, shape, begin, end (offsets into the data section)
+
+
+def _check_safetensors_header(header: object, path: Path, data_size: int) -> dict[str, _Entry]:
+    """Every tensor entry of a parsed safetensors header, checked completely.
+
+    Returns ``{key: (dtype, shape, begin, end)}`` with offsets relative to the data section. Raises
+    :class:`CheckpointError` naming the file for anything that is not a well-formed header: a header that is
+    not a JSON object, entries that are not ``{"dtype", "shape", "data_offsets"}``, unknown dtype names,
+    shapes or offsets that are not lists of non-negative whole numbers, a byte span that does not match
+    shape x dtype size, offsets past the end of the file, and tensors whose bytes overlap.
+    """
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"'{path}' is not a valid .safetensors file: its header {what}. The file is "
+                               f"corrupt or was not written by a safetensors library. {_REDOWNLOAD}")
+
+    if not isinstance(header, dict):
+        raise bad(f"is a JSON {type(header).__name__}, not an object of tensors")
+    metadata = header.get("__metadata__")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise bad(f"has a __metadata__ that is a {type(metadata).__name__}, not an object")
+    entries: dict[str, _Entry] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            found = sorted(info) if isinstance(info, dict) else type(info).__name__
+            raise bad(f"describes tensor {key!r} as {found}, not as dtype, shape and data_offsets")
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if dtype is None:
+            raise bad(f"gives tensor {key!r} the dtype {info['dtype']!r}; known dtypes are "
+                      f"{', '.join(_SAFETENSORS_DTYPES)}")
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_whole_number(n) and n >= 0 for n in shape):
+            raise bad(f"gives tensor {key!r} the shape {shape!r}, not a list of sizes")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(_is_whole_number(n) for n in offsets) or not 0 <= offsets[0] <= offsets[1]):
+            raise bad(f"gives tensor {key!r} the data_offsets {offsets!r}, not [begin, end] with "
+                      "0 <= begin <= end")
+        begin, end = offsets
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if nbytes != end - begin:
+            raise bad(f"gives tensor {key!r} {end - begin} bytes, but shape {shape} of {info['dtype']} needs "
+                      f"{nbytes}")
+        entries[key] = (dtype, shape, begin, end)
+    data_end = max((end for _, _, _, end in entries.values()), default=0)
+    if data_end > data_size:
+        raise CheckpointError(f"'{path}' is truncated: the header describes {data_end} bytes of tensor data but "
+                              f"the file has {data_size}. The download was incomplete. {_REDOWNLOAD}")
+    spans = sorted((begin, end, key) for key, (_, _, begin, end) in entries.items() if end > begin)
+    for (_, end_a, key_a), (begin_b, _, key_b) in itertools.pairwise(spans):
+        if begin_b < end_a:
+            raise bad(f"places tensors {key_a!r} and {key_b!r} on overlapping bytes")
+    return entries
+
+
 def _read_safetensors(path: Path) -> StateDict:
     """Tensors of a safetensors file, each read straight from the file into its own buffer (no second copy)."""
     size = path.stat().st_size
@@ -86,23 +153,12 @@ def _read_safetensors(path: Path) -> StateDict:
                                   f"does not fit a {size}-byte file). {_REDOWNLOAD}")
         try:
             header = json.loads(fh.read(header_len))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
             raise CheckpointError(f"'{path}' has a corrupt .safetensors header ({e}). {_REDOWNLOAD}") from e
-        header.pop("__metadata__", None)
         data_start = 8 + header_len
-        end = max((info["data_offsets"][1] for info in header.values()), default=0)
-        if data_start + end > size:
-            raise CheckpointError(f"'{path}' is truncated: the header describes {data_start + end} bytes but the "
-                                  f"file has {size}. The download was incomplete. {_REDOWNLOAD}")
+        entries = _check_safetensors_header(header, path, size - data_start)
         tensors: StateDict = {}
-        for key, info in header.items():
-            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-            if dtype is None:
-                raise CheckpointError(f"'{path}': tensor {key!r} has unsupported dtype {info['dtype']}.")
-            begin, stop = info["data_offsets"]
-            shape = info["shape"]
-            if math.prod(shape) * torch.empty((), dtype=dtype).element_size() != stop - begin:
-                raise CheckpointError(f"'{path}': tensor {key!r} has {stop - begin} bytes for shape {shape}.")
+        for key, (dtype, shape, begin, stop) in entries.items():
             raw = torch.empty(stop - begin, dtype=torch.uint8)
             fh.seek(data_start + begin)
             if fh.readinto(memoryview(raw.numpy())) != stop - begin:
@@ -112,7 +168,16 @@ def _read_safetensors(path: Path) -> StateDict:
 
 
 def _read_torch(path: Path) -> object:
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        magic = fh.read(4)
     is_zip = zipfile.is_zipfile(path)
+    # a PyTorch checkpoint is a zip archive (torch.save since 1.6) or a pickle (older torch.save, protocol 2+)
+    if not is_zip and not magic.startswith((b"PK", b"\x80")):
+        raise CheckpointError(
+            f"'{path}' ({_size_text(size)}) is not a PyTorch checkpoint: it is neither a zip archive nor a pickle "
+            f"(it starts with {magic!r}). Perhaps a web page or another file was saved under this name. "
+            f"{_REDOWNLOAD}")
     try:
         # no mmap: file-backed weights can be evicted under memory pressure and re-read from disk every run;
         # torch.load reads one storage at a time into its own buffer, so the peak stays at one copy
@@ -121,22 +186,24 @@ def _read_torch(path: Path) -> object:
         detail = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)
         if detail is None:  # not a forbidden object: the bytes are simply not a (complete) pickle
             raise CheckpointError(
-                f"Cannot read '{path}' ({path.stat().st_size / 1e6:.1f} MB): it is not a PyTorch checkpoint, or it "
-                f"is corrupt. {_REDOWNLOAD}") from e
+                f"Cannot read '{path}' ({_size_text(size)}): it is not a complete PyTorch checkpoint; the file is "
+                f"corrupt or incomplete. {_REDOWNLOAD}") from e
         raise CheckpointError(
             f"Refusing to load '{path}': it contains Python objects other than tensors, which could run code "
             f"when loaded ({detail}). Nothing was executed. Only use weights from a source you trust; the "
             "official DDColor files load without this error.") from e
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, AttributeError, TypeError,
             zipfile.BadZipFile) as e:  # what a cut or garbled file makes torch.load and its unpickler raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        message = (str(e).splitlines()[0] if str(e) else "").strip().rstrip(".")
+        if isinstance(e, KeyError) or not message:  # e.g. KeyError(101): an unknown pickle opcode
+            message = f"{type(e).__name__} {message}".strip()
         if "zip archive" in message or "central directory" in message or isinstance(e, EOFError) or not is_zip:
-            size = path.stat().st_size
             raise CheckpointError(
-                f"Cannot read '{path}' ({size / 1e6:.1f} MB): {message}. The file is incomplete or corrupt — "
+                f"Cannot read '{path}' ({_size_text(size)}): {message}. The file is incomplete or corrupt — "
                 f"usually an interrupted download (the large DDColor models are 912 MB, the tiny one about "
                 f"220 MB). {_REDOWNLOAD}") from e
-        raise CheckpointError(f"Cannot read '{path}': {message}. {_REDOWNLOAD}") from e
+        raise CheckpointError(f"Cannot read '{path}' ({_size_text(size)}): {message}. The file is corrupt. "
+                              f"{_REDOWNLOAD}") from e
 
 
 def read_state_dict(path: str | Path) -> tuple[StateDict, dict | None, Path]:
@@ -164,7 +231,10 @@ def canonicalize(loaded: object, source: str) -> StateDict:
             inner = next((loaded[k] for k in _WRAPPER_KEYS if isinstance(loaded.get(k), Mapping)), None)
             if inner is not None and not any(isinstance(v, torch.Tensor) for v in loaded.values()):
                 loaded = inner
-    if not isinstance(loaded, Mapping) or not loaded:
+    if isinstance(loaded, Mapping) and not loaded:
+        raise UnsupportedModelError(f"{source} holds an empty state dict (no tensors at all), so it is not DDColor "
+                                    f"weights. {_REDOWNLOAD}")
+    if not isinstance(loaded, Mapping):
         raise UnsupportedModelError(f"{source} does not contain a state dict (found {type(loaded).__name__}). "
                                     "Use an official DDColor checkpoint.")
     state: StateDict = {}

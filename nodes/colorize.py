@@ -14,11 +14,14 @@ from ..ddcolor.errors import DDColorError, InputImageError
 from ..ddcolor.presets import MAX_SIZE, MIN_SIZE, check_input_size
 from ..ddcolor.preview import Throttle, live_preview
 from ._comfy import CATEGORY, DDColorAB, DDColorModel, check_interrupted, progress_bar, raise_non_oom, schema, unload
+from ._outputs import decide_outputs, output_unused
+from ._validate import check_number, verdict
 from .merge import merge, merge_device
 
 logger = logging.getLogger("ComfyUI-DDColor")
 
 MAX_BATCH = 64
+_PREVIEW = 1  # output slot of `preview`; built only when something is connected to it
 # Rough peak activation memory of one 512x512 image through DDColor-large in fp32; it scales with the pixel
 # count. Only used to ask ComfyUI to make room; an underestimate is caught by the out-of-memory fallback.
 _BYTES_PER_IMAGE_AT_512 = 1.5 * 2**30
@@ -27,6 +30,16 @@ _BYTES_PER_IMAGE_AT_512 = 1.5 * 2**30
 def _activation_estimate(chunk: int, input_size: int, dtype: torch.dtype) -> int:
     scale = (input_size / 512) ** 2 * (torch.finfo(dtype).bits / 32)
     return int(chunk * _BYTES_PER_IMAGE_AT_512 * scale)
+
+
+# On the CPU, images per forward are capped by pixels so that the longest single step inside the forward (where
+# Cancel is checked) stays short: 4 images at 512 px, 1 at 1024 px and above (16 at 1024 px held Cancel for
+# 115 s and took 10 GiB). Batching does speed up the CPU (4 at 512 px: ~1.9x per photo), hence a pixel budget.
+_CPU_PIXELS_PER_STEP = 4 * 512 * 512
+
+
+def _cpu_chunk(chunk: int, input_size: int) -> int:
+    return max(1, min(chunk, _CPU_PIXELS_PER_STEP // (input_size * input_size)))
 
 
 def _cpu_copy(net: torch.nn.Module) -> torch.nn.Module:
@@ -56,7 +69,7 @@ class DDColorColorize(io.ComfyNode):
                 "Colorizes black-and-white photos with DDColor. The network looks at a resized copy "
                 "(input_size) and predicts only colour (Lab a/b); ab goes to DDColor Merge L + ab, which puts "
                 "it on the full-resolution original. preview is the finished colour photo (bilinear, chroma 1). "
-                "Works through batches in chunks with a progress bar, can be cancelled between chunks, and "
+                "Works through batches in chunks with a progress bar, can be cancelled at any time, and "
                 "finishes on the CPU if the GPU runs out of memory."
             ),
             inputs=[
@@ -106,11 +119,15 @@ class DDColorColorize(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, input_size=None) -> bool | str:
-        # only inputs named here skip ComfyUI's own min/max checks; batch_size keeps them
-        if input_size is not None:
-            return check_input_size(input_size) or True
-        return True
+    def validate_inputs(cls, input_size=None, batch_size=None) -> bool | str:
+        # inputs named here skip ComfyUI's own min/max checks, so each is checked in full
+        return verdict(None if input_size is None else check_input_size(input_size),
+                       check_number("batch_size", batch_size, 1, MAX_BATCH, whole=True))
+
+    @classmethod
+    def fingerprint_inputs(cls, **_inputs) -> str | None:
+        # whether `preview` is connected is part of the cache key, so skipping it is never served stale
+        return decide_outputs(_PREVIEW)
 
     @staticmethod
     def _check_widgets(input_size: int, batch_size: int) -> None:
@@ -134,11 +151,13 @@ class DDColorColorize(io.ComfyNode):
         total = int(image.shape[0])
         resize_mode = "keep_aspect" if keep_aspect else "square"
         chunk = min(int(batch_size), total)
+        on_cpu = mm.is_device_cpu(patcher.load_device)
+        if on_cpu:
+            chunk = _cpu_chunk(chunk, input_size)
         dtype = next(patcher.model.parameters()).dtype
         mm.load_models_gpu([patcher], memory_required=_activation_estimate(chunk, input_size, dtype),
                            force_full_load=True)
         net = patcher.model
-        on_cpu = mm.is_device_cpu(patcher.load_device)
         bar = progress_bar(total)
         live = Throttle()  # the latest finished photo, small, in the node as the bar moves (a few per second)
         parts: list[torch.Tensor] = []
@@ -153,7 +172,8 @@ class DDColorColorize(io.ComfyNode):
                     device = None if on_cpu else merge_device(next(net.parameters()).device)
                     model_input = ddcolor.prepare_input(image[start:stop], input_size=input_size,
                                                         resize_mode=resize_mode, device=device)
-                    ab = ddcolor.predict_ab(net, model_input)
+                    with ddcolor.step_callback(check_interrupted):  # Cancel also works inside a forward
+                        ab = ddcolor.predict_ab(net, model_input)
                 except RuntimeError as exc:
                     if not _cpu_out_of_memory(exc):
                         raise_non_oom(exc)
@@ -175,6 +195,7 @@ class DDColorColorize(io.ComfyNode):
                     unload(patcher)
                     net = _cpu_copy(patcher.model)
                     on_cpu = True
+                    chunk = _cpu_chunk(chunk, input_size)
                     continue
                 parts.append(ab.detach().to("cpu", torch.float32))
                 picture = live_preview(image[stop - 1], parts[-1][-1]) if live.ready(last=stop == total) else None
@@ -185,5 +206,7 @@ class DDColorColorize(io.ComfyNode):
             if offload_after_run:
                 unload(patcher)
         ab = torch.cat(parts, dim=0)
+        if output_unused(_PREVIEW):  # nothing takes the full-resolution preview: don't build it
+            return io.NodeOutput(ab, None)
         preview = merge(image, ab, "bilinear", 1.0, None if on_cpu else device)
         return io.NodeOutput(ab, preview)

@@ -15,6 +15,7 @@ from comfy_api.latest import io, ui
 from ..ddcolor.compare import MODES, compare_images
 from ..ddcolor.preview import comparer_pair
 from ._comfy import CATEGORY, schema
+from ._validate import check_choice, check_number, verdict
 
 UI_KEYS = ("before_images", "after_images")
 
@@ -65,6 +66,10 @@ class DDColorCompare(io.ComfyNode):
             ],
             outputs=[io.Image.Output("image", display_name="image", tooltip="The comparison picture.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, mode=None, split_position=None) -> bool | str:
+        return verdict(check_choice("mode", mode, MODES), check_number("split_position", split_position, 0.0, 1.0))
 
     @classmethod
     def execute(cls, before: torch.Tensor, after: torch.Tensor, mode: str = "side_by_side",

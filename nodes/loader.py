@@ -15,7 +15,9 @@ from comfy_api.latest import io
 
 from ..ddcolor import hub
 from ..ddcolor.errors import CheckpointError, DDColorError
+from ..ddcolor.loading import resolve_weights_file
 from ._comfy import CATEGORY, DDColorModel, progress_bar, schema
+from ._validate import check_choice, verdict
 
 logger = logging.getLogger("ComfyUI-DDColor")
 
@@ -96,7 +98,10 @@ def list_models() -> list[str]:
 
 def check_model_name(model_name: str) -> str | None:
     """``None`` if ``model_name`` may be looked up, else why not (path tricks are refused)."""
-    if not isinstance(model_name, str) or not model_name.strip():
+    if not isinstance(model_name, str):
+        return (f"model_name must be the name of a weights file or folder (text), not {model_name!r} "
+                f"({type(model_name).__name__}): choose a model from the list (files in models/ddcolor).")
+    if not model_name.strip():
         return "model_name is empty: choose a model from the list (files in models/ddcolor)."
     parts = re.split(r"[\\/]", model_name)
     if (
@@ -112,6 +117,28 @@ def check_model_name(model_name: str) -> str | None:
             "Copy the weights into that folder and choose them from the list."
         )
     return None
+
+
+def model_name_problem(model_name: object) -> str | None:
+    """``None`` if ``model_name`` can be loaded (or downloaded), else why not: what ``POST /prompt`` answers."""
+    problem = check_model_name(model_name)
+    if problem or model_name in list_models():
+        return problem
+    for base in model_dirs():
+        candidate = os.path.join(base, model_name)
+        if os.path.isdir(candidate):  # a folder that is not listed: it lacks config.json or the weights
+            try:
+                resolve_weights_file(candidate)
+            except CheckpointError as exc:
+                return str(exc)
+            return None  # weights present (config.json missing): the loader says what it finds
+        if os.path.isfile(candidate):
+            return (f"model_name {model_name!r} is not a weights file: DDColor weights end in "
+                    f"{', '.join(sorted(EXTENSIONS))}, or are a Hugging Face folder with config.json.")
+    return (
+        f"model_name {model_name!r} was not found in {', '.join(model_dirs())}. Put the weights there "
+        "and refresh ComfyUI (press R), or choose a model from the list."
+    )
 
 
 def resolve_model_path(model_name: str, progress=None) -> str:
@@ -223,18 +250,9 @@ class DDColorModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name=None) -> bool | str:
-        if model_name is None:
-            return True
-        problem = check_model_name(model_name)
-        if problem:
-            return problem
-        if model_name not in list_models():
-            return (
-                f"model_name {model_name!r} was not found in {', '.join(model_dirs())}. Put the weights there "
-                "and refresh ComfyUI (press R), or choose a model from the list."
-            )
-        return True
+    def validate_inputs(cls, model_name=None, precision=None, device=None) -> bool | str:
+        return verdict(None if model_name is None else model_name_problem(model_name),
+                       check_choice("precision", precision, PRECISIONS), check_choice("device", device, DEVICES))
 
     @classmethod
     def execute(cls, model_name: str, precision: str = "auto", device: str = "auto") -> io.NodeOutput:

@@ -10,10 +10,12 @@ from comfy_api.latest import io
 
 from ..ddcolor.errors import InputImageError
 from ._comfy import CATEGORY, DDColorAB, raise_non_oom, schema
+from ._validate import check_choice, check_number, verdict
 
 logger = logging.getLogger("ComfyUI-DDColor")
 
 UPSAMPLE_MODES = ("nearest", "bilinear", "guided")
+CHROMA_MIN, CHROMA_MAX = 0.0, 2.0
 
 
 def merge_device(device: torch.device | None = None) -> torch.device | None:
@@ -66,8 +68,8 @@ class DDColorMergeLab(io.ComfyNode):
                 io.Float.Input(
                     "chroma",
                     default=1.0,
-                    min=0.0,
-                    max=2.0,
+                    min=CHROMA_MIN,
+                    max=CHROMA_MAX,
                     step=0.05,
                     tooltip="Colour strength: 0 = black and white, 1 = as predicted, 2 = twice as saturated.",
                 ),
@@ -75,6 +77,11 @@ class DDColorMergeLab(io.ComfyNode):
             outputs=[io.Image.Output("image_out", display_name="image",  # ids must differ from inputs
                                      tooltip="The colorized photo at the original size.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, upsample=None, chroma=None) -> bool | str:
+        return verdict(check_choice("upsample", upsample, UPSAMPLE_MODES),
+                       check_number("chroma", chroma, CHROMA_MIN, CHROMA_MAX))
 
     @classmethod
     def execute(cls, image: torch.Tensor, ab: torch.Tensor, upsample: str = "bilinear",

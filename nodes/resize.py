@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..ddcolor.errors import InputImageError
 from ..ddcolor.presets import MAX_SIZE, MIN_SIZE, PRESET_WINDOWS, PRESETS, check_input_size, choose_input_size
 from ._comfy import CATEGORY, schema
+from ._validate import check_choice, verdict
 
 _P_LO, _P_HI = PRESET_WINDOWS["portrait"]
 _B_LO, _B_HI = PRESET_WINDOWS["building"]
@@ -68,10 +69,9 @@ class DDColorResizeByPreset(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, custom_size=None) -> bool | str:
-        if custom_size is None:
-            return True
-        return check_input_size(custom_size, "custom_size") or True
+    def validate_inputs(cls, preset=None, custom_size=None) -> bool | str:
+        return verdict(check_choice("preset", preset, PRESETS),
+                       None if custom_size is None else check_input_size(custom_size, "custom_size"))
 
     @classmethod
     def execute(cls, image: torch.Tensor, preset: str, custom_size: int = 512,

@@ -10,6 +10,7 @@ from comfy_api.latest import io, ui
 
 from ..ddcolor.temporal import MAX_STRENGTH
 from ._comfy import CATEGORY, DDColorAB, check_interrupted, progress_bar, schema
+from ._validate import check_number, verdict
 
 logger = logging.getLogger("ComfyUI-DDColor")
 
@@ -66,6 +67,11 @@ class DDColorTemporalSmooth(io.ComfyNode):
                                  tooltip="Frames, shots and where the scene cuts are (frame numbers from 0)."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, strength=None, scene_cut_sensitivity=None) -> bool | str:
+        return verdict(check_number("strength", strength, 0.0, MAX_STRENGTH),
+                       check_number("scene_cut_sensitivity", scene_cut_sensitivity, 0.0, 1.0))
 
     @classmethod
     def execute(cls, image: torch.Tensor, ab: torch.Tensor, strength: float = 0.75,

@@ -422,3 +422,121 @@ def test_loading_large_model_peaks_below_1_3x_the_weights(fmt, large_weights, tm
         f"{fmt}: peak RSS grew by {used / 2**20:.0f} MiB after loading and one 32x32 forward "
         f"({used / weight_bytes:.2f}x the weights, limit 1.3x)"
     )
+
+
+# ----------------------------------------------------------------------------- malformed files (hostile tester)
+
+
+def _safetensors_with_header(path: Path, header: object, data: bytes = b"", raw_header: bytes | None = None) -> Path:
+    """A file with the safetensors framing (8-byte little-endian length, JSON header, data) around ``header``."""
+    blob = raw_header if raw_header is not None else json.dumps(header).encode()
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + data)
+    return path
+
+
+_F32x2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+MALFORMED_HEADERS = {
+    # what the header holds -> a word the message must contain (besides the file name)
+    "entry_is_a_number": ({"a": 5}, "tensor 'a'"),
+    "header_is_a_list": ([1, 2, 3], "list"),
+    "header_is_a_string": ("weights", "str"),
+    "metadata_is_a_list": ({"__metadata__": [1], "a": _F32x2}, "__metadata__"),
+    "offsets_are_a_string": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": "ab"}}, "data_offsets"),
+    "offsets_negative": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, "data_offsets"),
+    "offsets_reversed": ({"a": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}}, "data_offsets"),
+    "offsets_three": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 16]}}, "data_offsets"),
+    "offsets_floats": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8.0]}}, "data_offsets"),
+    "offsets_overlap": ({"a": _F32x2, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, "overlap"),
+    "offsets_nested_overlap": ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                                "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, "overlap"),
+    "dtype_unknown": ({"a": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}}, "F99"),
+    "dtype_not_text": ({"a": {"dtype": 5, "shape": [2], "data_offsets": [0, 8]}}, "dtype"),
+    "shape_not_a_list": ({"a": {"dtype": "F32", "shape": 2, "data_offsets": [0, 8]}}, "shape"),
+    "shape_negative": ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "shape"),
+    "shape_text": ({"a": {"dtype": "F32", "shape": ["2"], "data_offsets": [0, 8]}}, "shape"),
+    "span_does_not_match_shape": ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "bytes"),
+    "missing_field": ({"a": {"dtype": "F32", "shape": [2]}}, "tensor 'a'"),
+    "extra_field": ({"a": {**_F32x2, "offset": 0}}, "tensor 'a'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_HEADERS))
+def test_malformed_safetensors_header_is_a_checkpoint_error_naming_the_file(case, tmp_path):
+    header, word = MALFORMED_HEADERS[case]
+    path = _safetensors_with_header(tmp_path / f"ddcolor_{case}.safetensors", header, bytes(64))
+    with pytest.raises(ddcolor.CheckpointError) as err:
+        ddcolor.load_model(path)
+    message = _assert_names(err, path)
+    assert "header" in message, message  # says what is wrong with the file, not that keys are missing
+    assert word in message, message
+    assert "download" in message, message  # and what to do
+
+
+def test_safetensors_header_nested_too_deep_is_a_checkpoint_error(tmp_path):
+    path = _safetensors_with_header(tmp_path / "ddcolor_deep.safetensors", None, raw_header=b"[" * 200_000)
+    with pytest.raises(ddcolor.CheckpointError) as err:
+        ddcolor.load_model(path)
+    _assert_names(err, path)
+
+
+def test_safetensors_offsets_past_the_end_say_truncated(tmp_path):
+    header = {"a": {"dtype": "F32", "shape": [1024], "data_offsets": [0, 4096]}}
+    path = _safetensors_with_header(tmp_path / "ddcolor_cut.safetensors", header, bytes(100))
+    with pytest.raises(ddcolor.CheckpointError) as err:
+        ddcolor.load_model(path)
+    assert "truncated" in _assert_names(err, path)
+
+
+def test_safetensors_header_bytes_are_never_read_as_tensor_data(tiny_sd, tmp_path, monkeypatch):
+    """A negative offset would point into the header; the file must be refused before any tensor is built."""
+    path = tmp_path / "ddcolor_negative.safetensors"
+    save_file(tiny_sd, str(path))
+    blob = path.read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    key = next(k for k, v in header.items() if k != "__metadata__" and v["data_offsets"][0] == 0)
+    info = header[key]
+    size = info["data_offsets"][1]
+    info["data_offsets"] = [-size, 0]
+    _safetensors_with_header(path, header, blob[8 + n :])
+    with pytest.raises(ddcolor.CheckpointError) as err:
+        ddcolor.load_model(path)
+    assert "data_offsets" in _assert_names(err, path)
+
+
+@pytest.mark.parametrize("first_byte", [0x00, 0x65, 0x7B, 0xFF])
+def test_random_bytes_in_pth_say_not_a_pytorch_checkpoint_with_the_size(first_byte, tmp_path):
+    gen = torch.Generator().manual_seed(first_byte)
+    body = torch.randint(0, 256, (64 * 1024 - 1,), dtype=torch.uint8, generator=gen).numpy().tobytes()
+    path = tmp_path / "ddcolor_random.pth"
+    path.write_bytes(bytes([first_byte]) + body)
+    with pytest.raises(ddcolor.CheckpointError) as err:
+        ddcolor.load_model(path)
+    message = _assert_names(err, path)
+    assert "not a PyTorch checkpoint" in message, message
+    assert "65536 bytes" in message, message  # not "0.1 MB" / "0.0 MB"
+
+
+def test_empty_params_say_the_state_dict_is_empty(tmp_path):
+    path = tmp_path / "ddcolor_empty_params.pth"
+    torch.save({"params": {}}, path)
+    with pytest.raises(ddcolor.CheckpointError) as err:
+        ddcolor.load_model(path)
+    message = _assert_names(err, path)
+    assert "empty" in message, message
+    assert "found dict" not in message, message
+
+
+def test_corrupt_zip_record_message_reads_cleanly(tiny_sd, tmp_path):
+    """A damaged record inside the .pth zip: torch's own sentence ends with '.', ours must not add a second."""
+    path = tmp_path / "ddcolor_damaged.pth"
+    torch.save(_official_dict(tiny_sd), path)
+    data = bytearray(path.read_bytes())
+    records = [i for i in range(len(data) - 4) if data[i : i + 4] == b"PK\x03\x04"]
+    data[records[10] : records[10] + 2] = b"XX"  # break one local file header
+    path.write_bytes(bytes(data))
+    with pytest.raises(ddcolor.CheckpointError) as err:
+        ddcolor.load_model(path)
+    message = _assert_names(err, path)
+    assert ".." not in message.replace("'..'", ""), message
+    assert "corrupt" in message, message

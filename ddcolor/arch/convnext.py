@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._ops import linear_act
+from ._steps import step
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -80,7 +81,10 @@ class ConvNeXt(nn.Module):
         features = []
         x = x.contiguous(memory_format=torch.channels_last)
         for i in range(4):
-            x = self.stages[i](self.downsample_layers[i](x))
+            x = self.downsample_layers[i](x)
+            for block in self.stages[i]:
+                x = block(x)
+                step()
             features.append(getattr(self, f"norm{i}")(x))  # f_i: (B, C_i, S/2^(i+2), S/2^(i+2))
         return features
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..config import DDColorConfig
 from ._ops import linear_act
+from ._steps import step
 from .convnext import ImageEncoder
 from .decoder import DuelDecoder, blur_2x2
 
@@ -93,6 +94,7 @@ class DDColor(nn.Module):
             z = torch.matmul(y.view(b, -1, hidden), mix_t)  # (B, r * w * 16, O)
             z = z.view(b, r1 - r0, w, 4, 4, out_ch).permute(0, 5, 1, 3, 2, 4)  # (B, O, r, i, w, j)
             out[:, :, r0 * 4 : r1 * 4] = z.reshape(b, out_ch, (r1 - r0) * 4, w * 4)
+            step()
         return blur_2x2(out)
 
 

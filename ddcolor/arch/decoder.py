@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._ops import linear_act
+from ._steps import step
 
 
 def blur_2x2(x: Tensor) -> Tensor:
@@ -202,6 +203,7 @@ class MultiScaleColorDecoder(nn.Module):
             tgt = cross(tgt, query_pos, memories[level], keys[level])
             tgt = self_attn(tgt, query_pos)
             tgt = ffn(tgt)
+            step()
         return self.color_embed(self.decoder_norm(tgt))  # (B, Q, hidden)
 
 
@@ -224,7 +226,10 @@ class DuelDecoder(nn.Module):
         """Returns the three pixel-decoder maps (S/16, S/8, S/4) and the colour embeddings."""
         f0, f1, f2, f3 = features
         out0 = self.layers[0](f3, f2)  # (B, nf, S/16, S/16)
+        step()
         out1 = self.layers[1](out0, f1)  # (B, nf, S/8, S/8)
+        step()
         out2 = self.layers[2](out1, f0)  # (B, nf/2, S/4, S/4)
+        step()
         maps = [out0, out1, out2]
         return maps, self.color_decoder(maps)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 
 import cv2
@@ -195,3 +196,81 @@ def test_thirty_prompts_back_to_back_all_succeed_without_memory_growth(comfy_ser
         f"server memory grew from {rss_first / 2**20:.0f} MiB after the first prompt "
         f"to {rss_last / 2**20:.0f} MiB after 30"
     )
+
+
+# ---------------------------------------------------------------------------------------------- bad widgets
+def preset_with_compare(photo: str, model_name: str) -> dict:
+    """Every DDColor node in one prompt (Resize by Preset, Colorize, Merge, Compare), saving only the comparison."""
+    prompt = colorize_prompt(photo, model_name)
+    prompt["3"] = {"class_type": "DDColorResizeByPreset",
+                   "inputs": {"image": ["1", 0], "preset": "portrait", "custom_size": 512, "keep_aspect": False}}
+    prompt["4"]["inputs"]["input_size"] = ["3", 1]
+    prompt["7"] = {"class_type": "DDColorCompare",
+                   "inputs": {"before": ["1", 0], "after": ["5", 0], "mode": "split", "split_position": 0.5}}
+    prompt["6"]["inputs"]["images"] = ["7", 0]
+    return prompt  # fmt: skip
+
+
+BAD_WIDGETS = [  # node id, input, value, words of the reason
+    ("2", "precision", "bogus", ["precision", "bogus"]),
+    ("2", "device", "bogus", ["device", "bogus"]),
+    ("2", "model_name", 123, ["model_name", "123"]),
+    ("3", "preset", "bogus", ["preset", "bogus"]),
+    ("4", "batch_size", 0, ["batch_size"]),
+    ("5", "upsample", "bogus", ["upsample", "bogus"]),
+    ("5", "chroma", float("nan"), ["chroma", "nan"]),
+    ("7", "mode", "bogus", ["mode", "bogus"]),
+    ("7", "split_position", 5, ["split_position", "5"]),
+    ("7", "split_position", "NaN", ["split_position", "nan"]),
+]
+
+
+@pytest.mark.parametrize(("node", "name", "value", "words"), BAD_WIDGETS,
+                         ids=[f"{n}.{i}={v!r}" for n, i, v, _ in BAD_WIDGETS])
+def test_bad_widget_is_refused_by_post_prompt_with_the_reason(comfy_server, photo, node, name, value, words):
+    prompt = preset_with_compare(photo, comfy_server.model_name)
+    prompt[node]["inputs"][name] = value
+    body = json.dumps({"prompt": prompt, "client_id": comfy_server.client_id})  # NaN as the token NaN, as
+    resp = comfy_server.http.post(f"{comfy_server.url}/prompt", data=body, timeout=60,  # Python clients send it
+                                  headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400, f"{name}={value!r} was queued (HTTP {resp.status_code}): {resp.text[:500]}"
+    node_errors = resp.json()["node_errors"]
+    assert set(node_errors) == {node}, node_errors
+    text = json.dumps(node_errors[node]["errors"])
+    for word in words:
+        assert word in text, text
+
+
+# ---------------------------------------------------------------------------------------------- preview output
+def test_preview_connected_after_a_run_without_it_is_a_real_picture(comfy_server, photo):
+    prefix = f"DDColor/e2e_preview_{uuid.uuid4().hex[:6]}"
+    prompt = colorize_prompt(photo, comfy_server.model_name, prefix=prefix)
+    prompt["5"]["inputs"]["chroma"] = 1.3  # not in ComfyUI's cache from another test
+    msgs, _ = comfy_server.run(prompt, timeout=180)
+    assert "execution_success" in [m["type"] for m in msgs]
+    prompt["8"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 1], "filename_prefix": prefix + "_preview"}}
+    msgs, entry = comfy_server.run(prompt, timeout=180)  # Colorize's inputs are unchanged
+    assert "execution_success" in [m["type"] for m in msgs], [m["type"] for m in msgs]
+    (info,) = entry["outputs"]["8"]["images"]
+    assert comfy_server.view_image(info).shape == (64, 96, 3)
+
+
+# ---------------------------------------------------------------------------------------------- quick cancel
+def test_cancel_takes_effect_within_5_s_at_1024_batch_16(comfy_server, photo):
+    """The hostile tester's case: 16 images at input_size 1024 with batch_size 16 took 115 s to cancel."""
+    prompt = colorize_prompt(photo, comfy_server.model_name, input_size=1024, batch=16, batch_size=16,
+                             prefix="DDColor/e2e_quick_cancel")
+    prompt_id = comfy_server.queue(prompt)
+    comfy_server.wait_for(
+        prompt_id, lambda m: m["type"] == "executing" and str(m["data"].get("node")) == "4", timeout=180
+    )
+    time.sleep(3.0)  # inside the first forward
+    pressed = time.monotonic()
+    comfy_server.interrupt()
+    comfy_server.wait_for(prompt_id, lambda m: m["type"] in ("execution_interrupted", "execution_success"),
+                          timeout=300)
+    waited = time.monotonic() - pressed
+    types = [m["type"] for m in comfy_server.messages(prompt_id)]
+    assert "execution_interrupted" in types, types
+    assert waited <= 5.0, f"Cancel took {waited:.1f} s to take effect"
+    assert_next_prompt_succeeds(comfy_server, photo, "quick_cancel")

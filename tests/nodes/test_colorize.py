@@ -184,3 +184,45 @@ def test_merge_batch_mismatch_is_a_clear_error(nodes_pkg, dd, tiny_patcher):
     ab, _ = _run(nodes_pkg, tiny_patcher, _photos(2, 32, 32))
     with pytest.raises(dd.errors.InputImageError, match="image has 3 picture.*ab has 2"):
         nodes_pkg.DDColorMergeLab.execute(_photos(3, 32, 32), ab, "bilinear", 1.0)
+
+
+def test_cancel_takes_effect_inside_a_forward(nodes_pkg, tiny_patcher, interrupt_flag):
+    """Cancel pressed while the network is in its first encoder block stops it there, not after the forward."""
+    net = tiny_patcher.model
+    decoder_calls = []
+
+    def press_cancel(*_):
+        interrupt_flag.interrupt_current_processing(True)
+
+    hooks = [net.encoder.arch.stages[0][0].register_forward_hook(press_cancel),
+             net.decoder.register_forward_pre_hook(lambda *_: decoder_calls.append(1))]
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _run(nodes_pkg, tiny_patcher, _photos(1, 32, 32), input_size=64, batch_size=1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert decoder_calls == [], "the forward ran on after Cancel"
+    assert not mm.processing_interrupted()
+    assert _run(nodes_pkg, tiny_patcher, _photos(1, 32, 32), input_size=64)[0].shape == (1, 2, 64, 64)
+
+
+@pytest.mark.parametrize(("input_size", "batch_size", "chunks"), [
+    (1024, 16, [1] * 16),  # the hostile tester's case: Cancel took 115 s with 16 images per forward
+    (512, 16, [4] * 4),
+    (512, 2, [2] * 8),  # a smaller batch_size is kept
+    (256, 16, [16]),
+])
+def test_cpu_forward_is_capped_so_cancel_stays_quick(nodes_pkg, dd, tiny_patcher, monkeypatch, input_size,
+                                                       batch_size, chunks):
+    calls = []
+
+    def fake_predict(model, model_input):  # the chunking is under test, not the network
+        calls.append(model_input.x.shape[0])
+        h, w = model_input.content_hw
+        return torch.zeros(model_input.x.shape[0], 2, h, w)
+
+    monkeypatch.setattr(dd, "predict_ab", fake_predict)
+    ab, _ = _run(nodes_pkg, tiny_patcher, _photos(16, 24, 24), input_size=input_size, batch_size=batch_size)
+    assert calls == chunks
+    assert ab.shape[0] == 16
