@@ -21,6 +21,8 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
+from .arch._steps import step_callback
+
 logger = logging.getLogger("ddcolor")
 
 MAX_GRAPHS = 3
@@ -113,7 +115,9 @@ def _fingerprint_device(model: torch.nn.Module) -> tuple:
 
 
 def _capture(model: torch.nn.Module, x: Tensor, fingerprint: tuple) -> _Graph:
-    with torch.cuda.device(x.device):
+    # no step callback during the warm-up and capture: a Cancel raised there would read as a capture failure
+    # and leave this shape eager for good; the caller checks for Cancel before and after the forward
+    with torch.cuda.device(x.device), step_callback(None):
         static_in = x.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
