@@ -177,23 +177,9 @@ def _predict_ab_on_device(model: torch.nn.Module, model_input: ModelInput | Tens
     return ab[:, :, :h, :w]
 
 
-def _nearest_index(size_in: int, size_out: int) -> np.ndarray:
-    """PyTorch's legacy nearest: ``min(floor(dst * float32(in / out)), in - 1)``, the product in float32."""
-    if size_out == 2 * size_in:
-        return np.arange(size_out) >> 1
-    scale = np.float32(size_in) / np.float32(size_out)
-    idx = np.floor(np.arange(size_out, dtype=np.float32) * scale).astype(np.int64)
-    return np.minimum(idx, size_in - 1)
-
-
-def _linear_weights(size_in: int, size_out: int, start: int = 0, stop: int | None = None):
-    """Half-pixel bilinear taps (align_corners=False) for output positions start..stop."""
-    dst = np.arange(start, size_out if stop is None else stop, dtype=np.float64)
-    src = np.maximum((dst + 0.5) * (size_in / size_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
-    i1 = np.minimum(i0 + 1, size_in - 1)
-    w1 = (src - i0).astype(np.float32)
-    return i0, i1, w1
+# the index / tap tables are shared with the device path (one definition, so both paths sample alike)
+_nearest_index = devicepath.nearest_index
+_linear_weights = devicepath.linear_taps
 
 
 def _bilinear_rows(maps: np.ndarray, height: int, width: int, r0: int, r1: int) -> np.ndarray:

@@ -53,7 +53,15 @@ if __package__ in (None, ""):  # run as "python tools/archive_colorize.py": make
 
 import numpy as np  # noqa: E402
 
-from tools.batch_jobs import IMAGE_EXTENSIONS, PARTIAL_SUFFIX, InputError, OutputLock, output_names  # noqa: E402
+from tools.batch_jobs import (  # noqa: E402
+    IMAGE_EXTENSIONS,
+    PARTIAL_SUFFIX,
+    InputError,
+    OutputLock,
+    input_size_arg,
+    output_names,
+    positive_int_arg,
+)
 
 log = logging.getLogger("ComfyUI-DDColor.archive")
 
@@ -626,26 +634,6 @@ class Plan:
     outputs: dict[str, int] = field(default_factory=dict)  # what DST holds: relative path -> size
 
 
-def _input_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
-    if value < 64 or value > 2048 or value % 32:
-        raise argparse.ArgumentTypeError(f"{value} must be a multiple of 32 between 64 and 2048 (e.g. 512)")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.archive_colorize",
@@ -661,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "must be at this path on every machine")
     parser.add_argument("--address", help="Ray cluster: ray://HEAD:10001 (Ray Client), HEAD:6379, or auto; "
                         "default: start a local Ray on this machine")
-    parser.add_argument("--input-size", type=_input_size, default=512, metavar="PX",
+    parser.add_argument("--input-size", type=input_size_arg, default=512, metavar="PX",
                         help="network resolution, a multiple of 32 (default 512, the official setting)")
     parser.add_argument("--keep-aspect", action="store_true",
                         help="keep the photo's aspect ratio at the network (default: the official square stretch)")
@@ -670,11 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pipeline", choices=("auto", "fused", "split"), default="auto",
                         help="split: decode/merge as CPU tasks, the network in actors (default with GPUs); "
                         "fused: everything in the actors (default without GPUs)")
-    parser.add_argument("--actors", type=_positive, metavar="N",
+    parser.add_argument("--actors", type=positive_int_arg, metavar="N",
                         help="model actors (default: one per GPU; without GPUs one per 2 CPUs)")
-    parser.add_argument("--batch-size", type=_positive, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int_arg, metavar="N",
                         help=f"photos per network call (default {GPU_BATCH} on a GPU, {CPU_BATCH} on a CPU)")
-    parser.add_argument("--num-cpus", type=_positive, metavar="N", help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--num-cpus", type=positive_int_arg, metavar="N", help="CPUs of the local Ray (default: all)")
     parser.add_argument("--retries", type=int, default=3, metavar="N",
                         help="times Ray retries a batch whose worker died (default 3); then its photos fail")
     parser.add_argument("--dry-run", action="store_true", help="list what would be done, start nothing")

@@ -72,7 +72,9 @@ from tools.batch_jobs import (  # noqa: E402
     check_output_dir,
     discover,
     finalize_output,
+    input_size_arg,
     plan_jobs,
+    positive_int_arg,
     prepare_upload,
     remove_partials,
     settings_hash,
@@ -808,26 +810,6 @@ async def preflight(client: ComfyClient, workflow: dict, info: WorkflowInfo) -> 
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def _input_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
-    if value < 64 or value > 2048 or value % 32:
-        raise argparse.ArgumentTypeError(f"{value} must be a multiple of 32 between 64 and 2048 (e.g. 512)")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def parse_servers(args: argparse.Namespace) -> list[tuple[str, int]]:
     """``(url, in-flight limit)`` per server from ``--server`` and ``--server-list`` (raises ``ValueError``)."""
     given: list[tuple[str, str, int | None]] = []  # (where it came from, text, limit)
@@ -897,7 +879,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="weights file in ComfyUI/models/ddcolor (default: the workflow's)")
     parser.add_argument("--precision", help="fp32, fp16, bf16 or auto (default: the workflow's)")
     parser.add_argument("--device", help="auto or cpu (default: the workflow's)")
-    parser.add_argument("--input-size", type=_input_size, metavar="PX",
+    parser.add_argument("--input-size", type=input_size_arg, metavar="PX",
                         help="fixed model input size (multiple of 32) instead of the preset's choice")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.input=VALUE",
                         help="set any node input, NODE being a class_type or node id "
@@ -910,7 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-list", type=Path, metavar="FILE",
                         help="a text file of server URLs, one per line, each optionally followed by its in-flight "
                         "limit (\"http://gpu1:8188 8\"); # starts a comment")
-    parser.add_argument("--max-in-flight", type=_positive, default=2, metavar="N",
+    parser.add_argument("--max-in-flight", type=positive_int_arg, default=2, metavar="N",
                         help="images queued on each server at once, unless its URL says otherwise (default 2)")
     parser.add_argument("--retry-timeout", type=float, default=300.0, metavar="SEC",
                         help="how long to wait for a server when none answers before giving up (default 300)")

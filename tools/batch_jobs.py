@@ -16,6 +16,7 @@ Nothing here talks to the server, so all of it is unit-tested without one:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -515,3 +516,29 @@ def finalize_output(png: bytes, prepared: Prepared) -> bytes:
     kwargs = {"exif": prepared.exif} if prepared.exif else {}
     out.save(buf, format="PNG", pnginfo=info, compress_level=4, **kwargs)
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------ command-line value checks
+# (argparse ``type=`` functions shared by the batch tool and the archive tool)
+
+
+def input_size_arg(text: str) -> int:
+    """``--input-size``: a whole number of pixels, a multiple of 32 between 64 and 2048."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
+    if value < 64 or value > 2048 or value % 32:
+        raise argparse.ArgumentTypeError(f"{value} must be a multiple of 32 between 64 and 2048 (e.g. 512)")
+    return value
+
+
+def positive_int_arg(text: str) -> int:
+    """A count given on the command line: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
