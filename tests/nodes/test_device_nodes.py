@@ -10,22 +10,12 @@ import comfy.model_management as mm
 import pytest
 import torch
 
+# the same photos and Colorize call as the CPU node tests
+from tests.nodes.test_colorize import SIZE, _photos
+from tests.nodes.test_colorize import _run as _colorize
+
 DEVICE = torch.device(os.environ.get("DDCOLOR_TEST_DEVICE", "cpu"))
 cuda_only = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs DDCOLOR_TEST_DEVICE=cuda")
-SIZE = 64
-
-
-def _photos(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    grey = torch.rand(batch, height, width, 1, generator=g)
-    return (grey + 0.05 * torch.rand(batch, height, width, 3, generator=g)).clamp(0, 1)
-
-
-def _colorize(nodes_pkg, patcher, image, **kw):
-    args = {"input_size": SIZE, "keep_aspect": False, "batch_size": 4, "offload_after_run": False} | kw
-    return nodes_pkg.DDColorColorize.execute(patcher, image, **args).result
-
-
 def _merge_module(pack):
     return importlib.import_module(f"{pack.__name__}.nodes.merge")
 
