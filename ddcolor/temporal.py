@@ -45,9 +45,12 @@ from torch import Tensor
 
 from .colorspace import rgb_to_l
 from .errors import InputImageError
+from .flow import dense_flow
 
 Direction = Literal["forward", "both"]
 DIRECTIONS: tuple[str, ...] = ("forward", "both")
+FlowMethod = Literal["auto", "dis", "torch"]
+FLOWS: tuple[str, ...] = ("auto", "dis", "torch")
 
 MAX_STRENGTH = 0.95
 """Above this the colour would hardly follow real changes any more (it settles over ~20 frames at 0.95)."""
@@ -59,6 +62,8 @@ _CUT_ERROR = 8.0  # L* units: a pixel this badly explained by the motion counts 
 _ASPECT_TOLERANCE = 0.05
 _CHUNK = 16  # frames whose motion is computed together (in parallel threads)
 _FLOW_WORKERS = 8
+_CUT_FLOW_CELLS = 3
+_TORCH_FLOW_PIXELS = 1 << 22  # the torch flow takes this many pixels of frame pairs at once (memory bound)
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,30 @@ def _flow(cur_l: np.ndarray, prev_l: np.ndarray) -> np.ndarray:
     return dis.calc(cur, prev, None)
 
 
+def _torch_flows(lights: list[np.ndarray], prev_l: Tensor | None, device: torch.device
+                 ) -> tuple[list[Tensor], list[Tensor | None], list[Tensor | None]]:
+    """The chunk's L on ``device`` and its flows (each frame back to the one before; None for the first frame of
+    the pass), from :func:`ddcolor.flow.dense_flow`, batched: a few large tensor operations per chunk."""
+    cur = torch.from_numpy(np.stack(lights)).to(device)
+    befores = cur[:-1] if prev_l is None else torch.cat([prev_l[None], cur[:-1]])
+    afters = cur[1:] if prev_l is None else cur
+    h, w = cur.shape[1:]
+    per_batch = max(1, _TORCH_FLOW_PIXELS // (h * w))
+    flows = torch.cat([dense_flow(afters[i:i + per_batch], befores[i:i + per_batch])
+                       for i in range(0, afters.shape[0], per_batch)])
+    # Cuts are judged with the flow's smooth part (averaged over a _CUT_FLOW_CELLS grid of the frame): a flow
+    # fitted pixel by pixel also matches much of an unrelated picture, a pan, zoom or tilt stays smooth.
+    cells = (min(h, _CUT_FLOW_CELLS), min(w, _CUT_FLOW_CELLS))
+    coarse = F.interpolate(flows.permute(0, 3, 1, 2), size=cells, mode="area")
+    coarse = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    listed: list[Tensor | None] = list(flows.unbind(0))
+    smooth: list[Tensor | None] = list(coarse.unbind(0))
+    if prev_l is None:
+        listed.insert(0, None)
+        smooth.insert(0, None)
+    return list(cur.unbind(0)), listed, smooth
+
+
 def _lightness_checked(images: Tensor, t: int, size_wh: tuple[int, int]) -> np.ndarray:
     lightness = _small_lightness(images[t], size_wh)
     if not np.isfinite(lightness).all():
@@ -167,11 +196,24 @@ def _sampling_grid(flow: Tensor) -> Tensor:
     return torch.stack([gx, gy], dim=-1)[None]
 
 
+def _unexplained(prev_l: Tensor, cur_l: Tensor, flow: Tensor) -> float:
+    """Share of the frame that ``flow`` does not explain, as :func:`_blend_step` measures it."""
+    grid = _sampling_grid(flow)
+    warped = F.grid_sample(prev_l[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True)
+    inside = (grid.abs() <= 1.0).all(dim=-1)[0]
+    error = F.avg_pool2d((warped[0, 0] - cur_l).abs()[None, None], _ERROR_BLUR, stride=1,
+                         padding=_ERROR_BLUR // 2, count_include_pad=False)[0, 0]
+    reachable = inside.sum()
+    bad = ((error > _CUT_ERROR) & inside).sum()
+    return float(bad) / max(float(reachable), 1.0) if float(reachable) > 0.05 * inside.numel() else 1.0
+
+
 def _blend_step(prev_state: Tensor, prev_l: Tensor, cur_ab: Tensor, cur_l: Tensor, flow: Tensor,
-                strength: float) -> tuple[Tensor, float]:
+                strength: float, cut_flow: Tensor | None = None) -> tuple[Tensor, float]:
     """One step on ``device``: (stabilised ab of the current frame (2, h, w), share of the frame not explained).
 
     prev_state (2, h, w), prev_l / cur_l (h, w) L*, cur_ab (2, h, w), flow (h, w, 2) from current to previous.
+    ``cut_flow``: measure the unexplained share with this flow instead (the torch flow's smooth part).
     """
     grid = _sampling_grid(flow)
     stacked = torch.cat([prev_state, prev_l[None]], dim=0)[None]  # (1, 3, h, w)
@@ -183,6 +225,8 @@ def _blend_step(prev_state: Tensor, prev_l: Tensor, cur_ab: Tensor, cur_l: Tenso
     reachable = inside.sum()
     bad = ((error > _CUT_ERROR) & inside).sum()
     unexplained = float(bad) / max(float(reachable), 1.0) if float(reachable) > 0.05 * inside.numel() else 1.0
+    if cut_flow is not None:
+        unexplained = _unexplained(prev_l, cur_l, cut_flow)
     # The frame's own noise (grain) makes even a perfect warp differ a little: measure it as the median error.
     floor = min(float(error[inside].median()) if bool(inside.any()) else 0.0, _NOISE_FLOOR_MAX)
     excess = (error - floor).clamp_min(0.0)
@@ -192,7 +236,7 @@ def _blend_step(prev_state: Tensor, prev_l: Tensor, cur_ab: Tensor, cur_l: Tenso
 
 
 def _pass(images: Tensor, ab: Tensor, out: Tensor, order: list[int], strength: float, threshold: float,
-          device: torch.device, restart: set[int] | None, average: bool,
+          device: torch.device, restart: set[int] | None, average: bool, torch_flow: bool,
           tick: Callable[[], None]) -> tuple[list[int], list[float]]:
     """One recursive pass over the frames in ``order``; writes ``out[t]`` (or averages into it).
 
@@ -211,10 +255,14 @@ def _pass(images: Tensor, ab: Tensor, out: Tensor, order: list[int], strength: f
             # (it releases the GIL). The blend below must run in order. Memory: one chunk of L and flow.
             steps = list(range(first, min(first + _CHUNK, len(order))))
             lights = list(pool.map(lambda step: _lightness_checked(images, order[step], (w, h)), steps))
-            befores = [prev_l_np, *lights[:-1]]
-            flows = list(pool.map(lambda cur, before: None if before is None else _flow(cur, before),
-                                  lights, befores))
-            for step, cur_l_np, flow_np in zip(steps, lights, flows, strict=True):
+            if torch_flow:
+                device_lights, flows, cut_flows = _torch_flows(lights, prev_l, device)
+            else:
+                befores = [prev_l_np, *lights[:-1]]
+                flows = list(pool.map(lambda cur, before: None if before is None else _flow(cur, before),
+                                      lights, befores))
+                cut_flows = [None] * len(flows)
+            for index, (step, cur_l_np, flow_np) in enumerate(zip(steps, lights, flows, strict=True)):
                 t = order[step]
                 cur_ab = ab[t].to(device, torch.float32)
                 if not bool(torch.isfinite(cur_ab).all()):
@@ -222,15 +270,16 @@ def _pass(images: Tensor, ab: Tensor, out: Tensor, order: list[int], strength: f
                         f"ab[{t}] (frame {t}, counting from 0) contains NaN or infinite values: the colour "
                         "prediction failed for that frame. Run DDColor Colorize (Lab) again with precision fp32 "
                         "in Load DDColor Model.")
-                cur_l = torch.from_numpy(cur_l_np).to(device)
+                cur_l = device_lights[index] if torch_flow else torch.from_numpy(cur_l_np).to(device)
                 new_shot = step == 0
                 if not new_shot and restart is not None:
                     new_shot = (t in restart) if order[0] == 0 else (order[step - 1] in restart)
                 if new_shot:
                     state = cur_ab
                 else:
-                    flow = torch.from_numpy(flow_np).to(device)
-                    state, unexplained = _blend_step(prev_state, prev_l, cur_ab, cur_l, flow, strength)
+                    flow = flow_np if torch_flow else torch.from_numpy(flow_np).to(device)
+                    state, unexplained = _blend_step(prev_state, prev_l, cur_ab, cur_l, flow, strength,
+                                                     cut_flows[index])
                     if restart is None:
                         scores[t] = unexplained
                         if unexplained > threshold:
@@ -247,7 +296,7 @@ def _pass(images: Tensor, ab: Tensor, out: Tensor, order: list[int], strength: f
 
 
 def smooth_ab(images: Tensor, ab: Tensor, *, strength: float = 0.75, scene_cut_sensitivity: float = 0.5,
-              direction: Direction = "forward", device: torch.device | str = "cpu",
+              direction: Direction = "forward", device: torch.device | str = "cpu", flow: FlowMethod = "auto",
               progress: Callable[[int, int], None] | None = None) -> TemporalResult:
     """Stabilise predicted ab over a clip (see the module docstring).
 
@@ -259,7 +308,10 @@ def smooth_ab(images: Tensor, ab: Tensor, *, strength: float = 0.75, scene_cut_s
         scene_cut_sensitivity: 0..1. Higher finds more cuts (a cut = more than ``1 - 0.8 * sensitivity`` of the
             frame unexplained by motion); 0 never cuts.
         direction: ``forward`` (default) or ``both`` (average of a forward and a backward pass; for comparison).
-        device: where warping and blending run (the optical flow always runs on the CPU).
+        device: where warping and blending run (and the torch optical flow).
+        flow: the optical flow: ``dis`` (OpenCV DIS on the CPU, in threads), ``torch``
+            (:func:`ddcolor.flow.dense_flow` on ``device``, batched), or ``auto`` (default): ``torch`` when
+            ``device`` is a CUDA GPU, ``dis`` otherwise.
         progress: called as ``progress(done, total)`` after every frame; raising from it cancels.
 
     Returns:
@@ -275,10 +327,13 @@ def smooth_ab(images: Tensor, ab: Tensor, *, strength: float = 0.75, scene_cut_s
                               "(0.5 = default).")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+    if flow not in FLOWS:
+        raise ValueError(f"flow must be one of {FLOWS}, not {flow!r}")
     frames = int(ab.shape[0])
     if strength == 0.0 or frames == 1:
         return TemporalResult(ab, (), (0.0,) * frames)
     device = torch.device(device)
+    torch_flow = flow == "torch" or (flow == "auto" and device.type == "cuda")
     out = torch.empty(ab.shape, dtype=torch.float32)
     passes = 2 if direction == "both" else 1
     done = 0
@@ -292,8 +347,8 @@ def smooth_ab(images: Tensor, ab: Tensor, *, strength: float = 0.75, scene_cut_s
     threshold = cut_threshold(scene_cut_sensitivity)
     with torch.inference_mode():
         cuts, scores = _pass(images, ab, out, list(range(frames)), float(strength), threshold, device, None,
-                             False, tick)
+                             False, torch_flow, tick)
         if direction == "both":
             _pass(images, ab, out, list(range(frames - 1, -1, -1)), float(strength), threshold, device,
-                  set(cuts), True, tick)
+                  set(cuts), True, torch_flow, tick)
     return TemporalResult(out, tuple(cuts), tuple(scores))
