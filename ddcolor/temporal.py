@@ -94,6 +94,15 @@ def cut_threshold(sensitivity: float) -> float:
     return 1.0 - 0.8 * float(sensitivity)
 
 
+def resolve_flow(flow: FlowMethod, device: torch.device | str) -> str:
+    """``dis`` or ``torch``: the optical flow :func:`smooth_ab` uses; ``auto`` is ``torch`` on a CUDA device."""
+    if flow not in FLOWS:
+        raise ValueError(f"flow must be one of {FLOWS}, not {flow!r}")
+    if flow == "auto":
+        return "torch" if torch.device(device).type == "cuda" else "dis"
+    return flow
+
+
 def _check_ab(ab: Tensor) -> Tensor:
     if not isinstance(ab, Tensor) or ab.ndim != 4 or ab.shape[1] != 2 or ab.shape[0] == 0:
         shape = tuple(ab.shape) if isinstance(ab, Tensor) else type(ab).__name__
@@ -327,13 +336,12 @@ def smooth_ab(images: Tensor, ab: Tensor, *, strength: float = 0.75, scene_cut_s
                               "(0.5 = default).")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
-    if flow not in FLOWS:
-        raise ValueError(f"flow must be one of {FLOWS}, not {flow!r}")
+    method = resolve_flow(flow, device)
     frames = int(ab.shape[0])
     if strength == 0.0 or frames == 1:
         return TemporalResult(ab, (), (0.0,) * frames)
     device = torch.device(device)
-    torch_flow = flow == "torch" or (flow == "auto" and device.type == "cuda")
+    torch_flow = method == "torch"
     out = torch.empty(ab.shape, dtype=torch.float32)
     passes = 2 if direction == "both" else 1
     done = 0
