@@ -318,20 +318,32 @@ def bench_nodes(args, device: torch.device) -> None:
                 (merged,) = nodes.DDColorMergeLab.execute(images, ab, "bilinear", 1.0).result
                 return merged
 
-            merged = run()
-            assert merged.device.type == "cpu" and merged.shape == images.shape
-            seconds = timed(run, device, warmup=1, min_reps=3, target_s=0.5)
+            colorize_module = sys.modules[nodes.DDColorColorize.__module__]
+            # Outside a server nothing tells Colorize that its preview output is unconnected, so it builds it
+            # (a second full-resolution merge). The presets leave it unconnected: measure both.
+            for preview, unused in (("unconnected (presets)", True), ("connected", False)):
+                saved = colorize_module.output_unused
+                colorize_module.output_unused = lambda _slot, unused=unused: unused
+                try:
+                    merged = run()
+                    assert merged.device.type == "cpu" and merged.shape == images.shape
+                    seconds = timed(run, device, warmup=1, min_reps=3, target_s=0.5)
+                finally:
+                    colorize_module.output_unused = saved
+                rows.append([variant, dname, f"{n} x {width}x{height}", preview, n / seconds, seconds * 1e3])
             vram_left = ""
             if device.type == "cuda":
                 nodes.DDColorColorize.execute(patcher, images, input_size=args.size, batch_size=n,
                                               offload_after_run=True)
                 vram_left = f"{torch.cuda.memory_allocated(device) / 2**20:.0f} MiB"
-            rows.append([variant, dname, f"{n} x {width}x{height}", n / seconds, seconds * 1e3, vram_left])
+            rows[-1].append(vram_left)
+            rows[-2].append(vram_left)
             mm.unload_all_models()
             del patcher, net
             free(device)
     table("Node path: LoadImage batch -> Colorize -> Merge (bilinear)",
-          ["model", "dtype", "photos", "photos/s", "ms per batch", "allocated after offload_after_run"], rows)
+          ["model", "dtype", "photos", "Colorize preview output", "photos/s", "ms per batch",
+           "allocated after offload_after_run"], rows)
 
 
 @section("memory")
