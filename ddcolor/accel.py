@@ -30,6 +30,11 @@ logger = logging.getLogger("ddcolor")
 MAX_GRAPHS = 3
 """Captured graphs kept per model (each holds its activation memory); least recently used dropped first."""
 
+AUTOTUNE_CAPTURE = False
+"""True: cuDNN benchmarks its convolution algorithms during a capture's warm-up (fp16/bf16 only; the caller's
+``cudnn.benchmark`` is restored). Only captured shapes pay the tuning, once. Off until measured on a GPU:
+``benchmarks/bench_gpu.py`` prints the graph time with and without it."""
+
 _lock = threading.Lock()
 
 
@@ -133,10 +138,24 @@ def _fingerprint_device(model: torch.nn.Module) -> tuple:
     return (param.device, param.dtype, param.data_ptr())
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    if not on:
+        yield
+        return
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 def _capture(model: torch.nn.Module, x: Tensor, fingerprint: tuple) -> _Graph:
     # no step callback during the warm-up and capture: a Cancel raised there would read as a capture failure
     # and leave this shape eager for good; the caller checks for Cancel before and after the forward
-    with torch.cuda.device(x.device), step_callback(None):
+    autotune = AUTOTUNE_CAPTURE and x.dtype in (torch.float16, torch.bfloat16)
+    with torch.cuda.device(x.device), step_callback(None), _cudnn_benchmark(autotune):
         static_in = x.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

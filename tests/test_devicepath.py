@@ -342,6 +342,19 @@ def test_replay_is_right_after_other_sizes_pushed_its_encodings_out_of_the_cache
 
 
 @cuda_only
+def test_autotuned_capture_gives_the_eager_colours(tiny_weights, monkeypatch):
+    model = ddcolor.load_model(tiny_weights, device=DEVICE, dtype=torch.float16)
+    x = torch.rand(1, 3, 128, 128, device=DEVICE).half()
+    monkeypatch.setattr(accel, "AUTOTUNE_CAPTURE", True)
+    benchmark = torch.backends.cudnn.benchmark
+    for _ in range(2):
+        tuned = accel.forward(model, x)
+    assert len(accel.graph_cache(model)) == 1 and torch.backends.cudnn.benchmark == benchmark
+    # other cuDNN algorithms may round fp16 differently: within a few fp16 steps of ab (|ab| < 128)
+    torch.testing.assert_close(tuned, accel.forward(model, x, graphs=False), atol=0.25, rtol=0)
+
+
+@cuda_only
 def test_graphs_are_dropped_when_the_model_moves(tiny_weights):
     model = ddcolor.load_model(tiny_weights, device=DEVICE)
     x = torch.rand(1, 3, 64, 64, device=DEVICE)
