@@ -13,10 +13,20 @@ from PIL import Image
 from ..ddcolor.errors import DDColorError, InputImageError
 from ..ddcolor.presets import MAX_SIZE, MIN_SIZE, check_input_size
 from ..ddcolor.preview import Throttle, live_preview
-from ._comfy import CATEGORY, DDColorAB, DDColorModel, check_interrupted, progress_bar, raise_non_oom, schema, unload
+from ._comfy import (
+    CATEGORY,
+    DDColorAB,
+    DDColorModel,
+    check_interrupted,
+    full_res_device,
+    progress_bar,
+    raise_non_oom,
+    schema,
+    unload,
+)
 from ._outputs import decide_outputs, output_unused
 from ._validate import check_number, verdict
-from .merge import merge, merge_device
+from .merge import merge
 
 logger = logging.getLogger("ComfyUI-DDColor")
 
@@ -169,7 +179,7 @@ class DDColorColorize(io.ComfyNode):
                 stop = min(start + chunk, total)
                 try:
                     # on a GPU the resize / grey steps run there too (ddcolor.devicepath); on the CPU: OpenCV
-                    device = None if on_cpu else merge_device(next(net.parameters()).device)
+                    device = None if on_cpu else full_res_device(next(net.parameters()).device)
                     model_input = ddcolor.prepare_input(image[start:stop], input_size=input_size,
                                                         resize_mode=resize_mode, device=device)
                     with ddcolor.step_callback(check_interrupted):  # Cancel also works inside a forward
