@@ -166,8 +166,12 @@ class _PeakSampler:
         self._thread.join()
 
 
-def memory_worker(frames: int, width: int, height: int, input_size: int) -> dict:
-    """Runs in a fresh process: the node path on a synthetic clip; RSS in bytes per stage."""
+def memory_worker(frames: int, width: int, height: int, input_size: int, preview: bool = False) -> dict:
+    """Runs in a fresh process: the node path on a synthetic clip; RSS in bytes per stage.
+
+    ``preview``: Colorize builds its full-resolution preview. The video preset leaves it unconnected, and in a
+    server Colorize then skips it; outside a server nothing says so, hence the switch.
+    """
     import importlib
     import importlib.util
     import tempfile
@@ -207,9 +211,11 @@ def memory_worker(frames: int, width: int, height: int, input_size: int) -> dict
     out["after_image"] = _rss()
     image_out, size, keep = nodes.DDColorResizeByPreset.execute(image, "custom", input_size, False).result
     out["resize_peak"] = sampler.take()
-    ab, preview = nodes.DDColorColorize.execute(patcher, image_out, size, keep, 4, False).result
+    colorize_module = importlib.import_module("ddcolor_pack_bench.nodes.colorize")
+    colorize_module.output_unused = lambda _slot: not preview
+    ab, preview_image = nodes.DDColorColorize.execute(patcher, image_out, size, keep, 4, False).result
     out["ab_bytes"] = ab.numel() * 4
-    out["preview_bytes"] = preview.numel() * 4
+    out["preview_bytes"] = 0 if preview_image is None else preview_image.numel() * 4
     out["colorize_peak"] = sampler.take()
     out["after_colorize"] = _rss()
     smooth, _report = nodes.DDColorTemporalSmooth.execute(image_out, ab, 0.75, 0.5).result
@@ -223,7 +229,7 @@ def memory_worker(frames: int, width: int, height: int, input_size: int) -> dict
 
 
 def bench_memory(args) -> dict:
-    spec = json.dumps([args.mem_frames, 640, 480, args.mem_input_size])
+    spec = json.dumps([args.mem_frames, 640, 480, args.mem_input_size, args.mem_preview])
     command = [sys.executable, __file__, "--memory-worker", spec]
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
     if done.returncode != 0:
@@ -231,15 +237,16 @@ def bench_memory(args) -> dict:
     m = json.loads(done.stdout.strip().splitlines()[-1])
     gib = 2**30
     img = m["image_bytes"]
+    built = "preview connected (built)" if args.mem_preview else "preview unconnected, as in the video preset"
     emit(f"\n## memory of the node path ({args.mem_frames} frames 640x480, input_size {args.mem_input_size}, "
-         "tiny, CPU)\n")
+         f"tiny, CPU; Colorize {built})\n")
     emit(f"IMAGE batch {img / gib:.2f} GiB; ab {m['ab_bytes'] / gib:.3f} GiB; Colorize preview "
           f"{m['preview_bytes'] / gib:.2f} GiB; Merge output {m['merged_bytes'] / gib:.2f} GiB\n")
     emit("| stage | peak RSS GiB | above the IMAGE batch alone, GiB | in IMAGE batches |")
     emit("|---|---|---|---|")
     base = m["after_image"]
     for key, label in (("after_image", "IMAGE batch held (start)"), ("resize_peak", "Resize by Preset"),
-                       ("colorize_peak", "Colorize (ab + preview)"), ("smooth_peak", "Temporal Smooth"),
+                       ("colorize_peak", "Colorize"), ("smooth_peak", "Temporal Smooth"),
                        ("merge_peak", "Merge L + ab"), ("end", "all outputs held")):
         emit(f"| {label} | {m[key] / gib:.2f} | {(m[key] - base) / gib:.2f} | {(m[key] - base) / img:.2f} |")
     emit(f"\n(process RSS before the clip existed: {m['start'] / gib:.2f} GiB: Python, PyTorch, ComfyUI, the model)")
@@ -260,6 +267,8 @@ def main() -> None:
     parser.add_argument("--mem-frames", type=int, default=300)
     parser.add_argument("--mem-input-size", type=int, default=128,
                         help="network size for the memory run (the ab part scales with its square)")
+    parser.add_argument("--mem-preview", action="store_true",
+                        help="memory run with Colorize's preview output built (the preset leaves it unconnected)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

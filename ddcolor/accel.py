@@ -6,7 +6,8 @@
 * **CUDA graphs**: the second time a (batch, shape, dtype) is seen, the forward is captured once and then
   replayed (one launch instead of hundreds). Any capture error falls back to eager for that key. The graphs
   are dropped whenever the model's parameters move (``.to()``, offload, partial unload): replay checks the
-  parameter storages it was captured with.
+  parameter storages it was captured with. A graph also keeps alive the cached tensors its forward read (the
+  position encodings, :func:`ddcolor.arch.decoder.keep_cached_tensors`): it reads them by address.
 
 On the CPU all of this is a no-op: :func:`forward` is ``model(x)`` under ``inference_mode``.
 """
@@ -22,11 +23,17 @@ import torch
 from torch import Tensor
 
 from .arch._steps import step_callback
+from .arch.decoder import keep_cached_tensors
 
 logger = logging.getLogger("ddcolor")
 
 MAX_GRAPHS = 3
 """Captured graphs kept per model (each holds its activation memory); least recently used dropped first."""
+
+AUTOTUNE_CAPTURE = False
+"""True: cuDNN benchmarks its convolution algorithms during a capture's warm-up (fp16/bf16 only; the caller's
+``cudnn.benchmark`` is restored). Only captured shapes pay the tuning, once. Off until measured on a GPU:
+``benchmarks/bench_gpu.py`` prints the graph time with and without it."""
 
 _lock = threading.Lock()
 
@@ -58,13 +65,30 @@ def exact_fp32(device: torch.device, dtype: torch.dtype):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def _slots(model: torch.nn.Module) -> list[tuple[dict, str]]:
+    """Where each parameter and buffer lives: (the owning module's ``_parameters``/``_buffers`` dict, name)."""
+    slots = model.__dict__.get("_ddcolor_slots")
+    if slots is None:
+        slots = [(store, name) for module in model.modules() for store in (module._parameters, module._buffers)
+                 for name in store]
+        model.__dict__["_ddcolor_slots"] = slots
+    return slots
+
+
 def _fingerprint(model: torch.nn.Module) -> tuple:
-    return tuple(t.data_ptr() for t in model.parameters()) + tuple(t.data_ptr() for t in model.buffers())
+    """The storage address of every parameter and buffer: changes when any of them is moved or replaced.
+
+    Read through :func:`_slots` (a flat list made once) rather than ``model.parameters()``: on a GPU this
+    check runs before every replay, and walking the module tree took ~0.6 ms per call (tiny, 424 tensors).
+    """
+    return tuple(0 if (t := store.get(name)) is None else t.data_ptr() for store, name in _slots(model))
 
 
 class _Graph:
-    def __init__(self, graph, static_in: Tensor, static_out: Tensor, fingerprint: tuple) -> None:
+    def __init__(self, graph, static_in: Tensor, static_out: Tensor, fingerprint: tuple,
+                 kept: list[Tensor]) -> None:
         self.graph, self.static_in, self.static_out, self.fingerprint = graph, static_in, static_out, fingerprint
+        self.kept = kept  # cached tensors (position encodings) the graph reads: alive as long as the graph
 
 
 class GraphCache:
@@ -114,10 +138,24 @@ def _fingerprint_device(model: torch.nn.Module) -> tuple:
     return (param.device, param.dtype, param.data_ptr())
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    if not on:
+        yield
+        return
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 def _capture(model: torch.nn.Module, x: Tensor, fingerprint: tuple) -> _Graph:
     # no step callback during the warm-up and capture: a Cancel raised there would read as a capture failure
     # and leave this shape eager for good; the caller checks for Cancel before and after the forward
-    with torch.cuda.device(x.device), step_callback(None):
+    autotune = AUTOTUNE_CAPTURE and x.dtype in (torch.float16, torch.bfloat16)
+    with torch.cuda.device(x.device), step_callback(None), _cudnn_benchmark(autotune):
         static_in = x.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -127,9 +165,9 @@ def _capture(model: torch.nn.Module, x: Tensor, fingerprint: tuple) -> _Graph:
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # thread_local: CUDA calls of other threads (ComfyUI's previews, other nodes) are not disturbed
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with keep_cached_tensors() as kept, torch.cuda.graph(graph, capture_error_mode="thread_local"):
             static_out = model(static_in)
-    return _Graph(graph, static_in, static_out, fingerprint)
+    return _Graph(graph, static_in, static_out, fingerprint, kept)
 
 
 def forward(model: torch.nn.Module, x: Tensor, *, graphs: bool | None = None,

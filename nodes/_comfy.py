@@ -10,6 +10,7 @@ import logging
 
 import comfy.model_management as mm
 import comfy.utils
+import torch
 from comfy_api.latest import io
 
 logger = logging.getLogger("ComfyUI-DDColor")
@@ -47,6 +48,13 @@ def raise_non_oom(exc: BaseException) -> None:
         return
     if not is_oom(exc):
         raise exc
+
+
+def full_res_device(device: torch.device | None = None) -> torch.device | None:
+    """Where the full-resolution steps (resize, grey input, preview, merge) run: the given (model's) device or
+    ComfyUI's GPU, in torch (``ddcolor.devicepath``); None = on the CPU with OpenCV (the official-exact path)."""
+    device = torch.device(device) if device is not None else mm.get_torch_device()
+    return device if device.type == "cuda" else None
 
 
 def check_interrupted() -> None:

@@ -13,10 +13,20 @@ from PIL import Image
 from ..ddcolor.errors import DDColorError, InputImageError
 from ..ddcolor.presets import MAX_SIZE, MIN_SIZE, check_input_size
 from ..ddcolor.preview import Throttle, live_preview
-from ._comfy import CATEGORY, DDColorAB, DDColorModel, check_interrupted, progress_bar, raise_non_oom, schema, unload
+from ._comfy import (
+    CATEGORY,
+    DDColorAB,
+    DDColorModel,
+    check_interrupted,
+    full_res_device,
+    progress_bar,
+    raise_non_oom,
+    schema,
+    unload,
+)
 from ._outputs import decide_outputs, output_unused
 from ._validate import check_number, verdict
-from .merge import merge, merge_device
+from .merge import merge
 
 logger = logging.getLogger("ComfyUI-DDColor")
 
@@ -160,7 +170,7 @@ class DDColorColorize(io.ComfyNode):
         net = patcher.model
         bar = progress_bar(total)
         live = Throttle()  # the latest finished photo, small, in the node as the bar moves (a few per second)
-        parts: list[torch.Tensor] = []
+        ab_all: torch.Tensor | None = None  # filled chunk by chunk: a long clip's ab is held once, never twice
         start = 0
         device = None  # where prepare / preview run: the model's GPU, or None for OpenCV on the CPU
         try:
@@ -169,7 +179,7 @@ class DDColorColorize(io.ComfyNode):
                 stop = min(start + chunk, total)
                 try:
                     # on a GPU the resize / grey steps run there too (ddcolor.devicepath); on the CPU: OpenCV
-                    device = None if on_cpu else merge_device(next(net.parameters()).device)
+                    device = None if on_cpu else full_res_device(next(net.parameters()).device)
                     model_input = ddcolor.prepare_input(image[start:stop], input_size=input_size,
                                                         resize_mode=resize_mode, device=device)
                     with ddcolor.step_callback(check_interrupted):  # Cancel also works inside a forward
@@ -197,15 +207,17 @@ class DDColorColorize(io.ComfyNode):
                     on_cpu = True
                     chunk = _cpu_chunk(chunk, input_size)
                     continue
-                parts.append(ab.detach().to("cpu", torch.float32))
-                picture = live_preview(image[stop - 1], parts[-1][-1]) if live.ready(last=stop == total) else None
+                if ab_all is None:
+                    ab_all = torch.empty((total, *ab.shape[1:]), dtype=torch.float32)
+                ab_all[start:stop].copy_(ab.detach())
+                picture = live_preview(image[stop - 1], ab_all[stop - 1]) if live.ready(last=stop == total) else None
                 bar.update_absolute(stop, total, preview=None if picture is None else
                                     ("JPEG", Image.fromarray(picture.numpy()), None))
                 start = stop
         finally:
             if offload_after_run:
                 unload(patcher)
-        ab = torch.cat(parts, dim=0)
+        ab = ab_all
         if output_unused(_PREVIEW):  # nothing takes the full-resolution preview: don't build it
             return io.NodeOutput(ab, None)
         preview = merge(image, ab, "bilinear", 1.0, None if on_cpu else device)

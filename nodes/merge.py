@@ -9,19 +9,13 @@ import torch
 from comfy_api.latest import io
 
 from ..ddcolor.errors import InputImageError
-from ._comfy import CATEGORY, DDColorAB, raise_non_oom, schema
+from ._comfy import CATEGORY, DDColorAB, full_res_device, raise_non_oom, schema
 from ._validate import check_choice, check_number, verdict
 
 logger = logging.getLogger("ComfyUI-DDColor")
 
 UPSAMPLE_MODES = ("nearest", "bilinear", "guided")
 CHROMA_MIN, CHROMA_MAX = 0.0, 2.0
-
-
-def merge_device(device: torch.device | None = None) -> torch.device | None:
-    """Where the full-resolution merge runs: the given (model's) device or ComfyUI's GPU; None = OpenCV on the CPU."""
-    device = torch.device(device) if device is not None else mm.get_torch_device()
-    return device if device.type == "cuda" else None
 
 
 def merge(image: torch.Tensor, ab: torch.Tensor, upsample: str, chroma: float,
@@ -97,4 +91,4 @@ class DDColorMergeLab(io.ComfyNode):
                 f"image has {image.shape[0]} picture(s) but ab has {ab.shape[0]}: connect the same images that "
                 "went into DDColor Colorize (Lab) to this node's image input."
             )
-        return io.NodeOutput(merge(image, ab, upsample, float(chroma), merge_device()))
+        return io.NodeOutput(merge(image, ab, upsample, float(chroma), full_res_device()))

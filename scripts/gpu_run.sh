@@ -41,6 +41,6 @@ echo "pytest exit: ${PIPESTATUS[0]}" | tee -a "$OUT/pytest.txt"
 
 quick=()
 [ -n "${DDCOLOR_BENCH_QUICK:-}" ] && quick=(--quick)
-timeout "${DDCOLOR_BENCH_TIMEOUT:-270}" "$PYTHON" benchmarks/bench_gpu.py --device "$DEVICE" "${quick[@]}" \
+timeout "${DDCOLOR_BENCH_TIMEOUT:-300}" "$PYTHON" benchmarks/bench_gpu.py --device "$DEVICE" "${quick[@]}" \
   --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench.txt"

@@ -262,6 +262,32 @@ def test_copies_of_a_model_leave_the_graph_cache_behind(cpu_tiny):
     assert torch.equal(accel.forward(clone, x), accel.forward(cpu_tiny, x))
 
 
+def test_a_forward_collects_the_cached_tensors_it_reads(cpu_tiny):
+    # a captured CUDA graph reads these by address; accel keeps the collected list alive with the graph
+    from ddcolor.arch.decoder import keep_cached_tensors, position_encoding
+
+    with keep_cached_tensors() as kept, torch.inference_mode():
+        cpu_tiny(torch.rand(1, 3, 64, 96))
+    assert [tuple(t.shape) for t in kept] == [(4 * 6, 256), (8 * 12, 256), (16 * 24, 256)]
+    assert all(t is position_encoding(h, w, 256, t.device, t.dtype)
+               for t, (h, w) in zip(kept, [(4, 6), (8, 12), (16, 24)], strict=True))
+    with torch.inference_mode():
+        cpu_tiny(torch.rand(1, 3, 64, 64))  # outside the block nothing is collected
+    assert len(kept) == 3
+
+
+def test_the_fingerprint_sees_moved_and_replaced_parameters(tiny_weights):
+    model = ddcolor.load_model(tiny_weights)
+    before = accel._fingerprint(model)
+    assert before == accel._fingerprint(model)
+    model.decoder.color_decoder.decoder_norm.weight = torch.nn.Parameter(
+        model.decoder.color_decoder.decoder_norm.weight.clone())
+    replaced = accel._fingerprint(model)
+    assert replaced != before
+    model.encoder.arch.norm0.bias.data = model.encoder.arch.norm0.bias.data.clone()  # ComfyUI's in-place moves
+    assert accel._fingerprint(model) != replaced
+
+
 def test_moving_the_model_drops_its_graphs(tiny_weights):
     model = ddcolor.load_model(tiny_weights)
     cache = accel.graph_cache(model)
@@ -295,6 +321,37 @@ def test_graph_replay_equals_eager(tiny_weights, dtype):
     torch.testing.assert_close(second, eager, atol=tol, rtol=0)
     torch.testing.assert_close(third, accel.forward(model, x * 0.5, graphs=False), atol=tol, rtol=0)
     assert second.data_ptr() != third.data_ptr()  # the caller owns its result
+
+
+@cuda_only
+def test_replay_is_right_after_other_sizes_pushed_its_encodings_out_of_the_cache(tiny_weights):
+    # The position encodings come from a shared cache of 12 (3 per input size). A graph reads them by address:
+    # if it did not keep them alive, five other sizes would free them, the junk below would take their memory
+    # and the replay would colour with garbage (seen as 3 levels off in the full test run).
+    model = ddcolor.load_model(tiny_weights, device=DEVICE)
+    x = torch.rand(1, 3, 64, 64, device=DEVICE)
+    for _ in range(2):
+        accel.forward(model, x)  # the second call captures
+    assert len(accel.graph_cache(model)) == 1
+    for size in (96, 128, 160, 192, 224):
+        accel.forward(model, torch.rand(1, 3, size, size, device=DEVICE), graphs=False)
+    junk = [torch.full((n * n, 256), 1e4, device=DEVICE) for n in (4, 8, 16) for _ in range(4)]
+    replayed = accel.forward(model, x)
+    del junk
+    torch.testing.assert_close(replayed, accel.forward(model, x, graphs=False), atol=1e-5, rtol=0)
+
+
+@cuda_only
+def test_autotuned_capture_gives_the_eager_colours(tiny_weights, monkeypatch):
+    model = ddcolor.load_model(tiny_weights, device=DEVICE, dtype=torch.float16)
+    x = torch.rand(1, 3, 128, 128, device=DEVICE).half()
+    monkeypatch.setattr(accel, "AUTOTUNE_CAPTURE", True)
+    benchmark = torch.backends.cudnn.benchmark
+    for _ in range(2):
+        tuned = accel.forward(model, x)
+    assert len(accel.graph_cache(model)) == 1 and torch.backends.cudnn.benchmark == benchmark
+    # other cuDNN algorithms may round fp16 differently: within a few fp16 steps of ab (|ab| < 128)
+    torch.testing.assert_close(tuned, accel.forward(model, x, graphs=False), atol=0.25, rtol=0)
 
 
 @cuda_only

@@ -17,10 +17,12 @@ from tests.test_workflows import (
     VIRTUAL,
     WORKFLOWS,
     _normalise_v1,
+    by_type,
     check_value,
     comfyui_root,
     real_schema,
     socket_inputs_of,
+    widget_values,
     widgets_of,
 )
 
@@ -51,20 +53,6 @@ def ui() -> dict:
 @pytest.fixture(scope="module")
 def api() -> dict:
     return json.loads((API_DIR / "ddcolor_video.json").read_text(encoding="utf-8"))
-
-
-def _values(node: dict, known: dict) -> dict:
-    values, i = {}, 0
-    for name, _t, _d, _e, slots in widgets_of(known[node["type"]]):
-        values[name] = node["widgets_values"][i]
-        i += slots
-    return values
-
-
-def _by_type(ui: dict, node_type: str) -> dict:
-    found = [n for n in ui["nodes"] if n["type"] == node_type]
-    assert len(found) == 1, f"expected one {node_type}, found {len(found)}"
-    return found[0]
 
 
 def _source(ui: dict, node: dict, name: str) -> tuple[str, str]:
@@ -106,10 +94,10 @@ def test_ui_format_links_and_widgets(ui, known):
 def test_the_chain_of_the_issue(ui, known):
     """Load Video -> Get Video Components -> Resize by Preset -> Colorize -> Temporal Smooth -> Merge ->
     Create Video (same fps, audio kept) -> Save Video."""
-    resize, colorize = _by_type(ui, "DDColorResizeByPreset"), _by_type(ui, "DDColorColorize")
-    smooth, merge = _by_type(ui, "DDColorTemporalSmooth"), _by_type(ui, "DDColorMergeLab")
-    create, save = _by_type(ui, "CreateVideo"), _by_type(ui, "SaveVideo")
-    assert _source(ui, _by_type(ui, "GetVideoComponents"), "video") == ("LoadVideo", "VIDEO")
+    resize, colorize = by_type(ui, "DDColorResizeByPreset"), by_type(ui, "DDColorColorize")
+    smooth, merge = by_type(ui, "DDColorTemporalSmooth"), by_type(ui, "DDColorMergeLab")
+    create, save = by_type(ui, "CreateVideo"), by_type(ui, "SaveVideo")
+    assert _source(ui, by_type(ui, "GetVideoComponents"), "video") == ("LoadVideo", "VIDEO")
     assert _source(ui, resize, "image") == ("GetVideoComponents", "images")
     assert _source(ui, colorize, "image") == ("DDColorResizeByPreset", "image")
     assert _source(ui, colorize, "input_size") == ("DDColorResizeByPreset", "input_size")
@@ -122,9 +110,9 @@ def test_the_chain_of_the_issue(ui, known):
     assert _source(ui, create, "fps") == ("GetVideoComponents", "fps")
     assert _source(ui, create, "audio") == ("GetVideoComponents", "audio")
     assert _source(ui, save, "video") == ("CreateVideo", "VIDEO")
-    assert _values(smooth, known) == {"strength": 0.75, "scene_cut_sensitivity": 0.5}
-    assert _values(save, known)["filename_prefix"] == "DDColor/video"
-    assert _values(_by_type(ui, "LoadVideo"), known)["file"] == "example.mp4"
+    assert widget_values(smooth, known) == {"strength": 0.75, "scene_cut_sensitivity": 0.5}
+    assert widget_values(save, known)["filename_prefix"] == "DDColor/video"
+    assert widget_values(by_type(ui, "LoadVideo"), known)["file"] == "example.mp4"
 
 
 def _slot_y(node: dict, slot: int) -> float:
@@ -184,7 +172,7 @@ def test_api_twin_matches_the_ui_preset(ui, api, known):
     for node in real_nodes:
         entry = api[str(node["id"])]
         assert entry["class_type"] == node["type"]
-        expected = {k: v for k, v in _values(node, known).items() if k != "upload"}
+        expected = {k: v for k, v in widget_values(node, known).items() if k != "upload"}
         for i in node["inputs"]:
             if i["link"] is not None:
                 expected[i["name"]] = [str(links[i["link"]][1]), links[i["link"]][2]]

@@ -227,10 +227,10 @@ def load_api(preset: str) -> dict:
     return json.loads((API_DIR / f"ddcolor_{preset}.json").read_text(encoding="utf-8"))
 
 
-def widget_values(node: dict) -> dict[str, object]:
-    """Widget name -> value of a UI-format node, by the schema's widget order."""
+def widget_values(node: dict, schemas: dict[str, dict] | None = None) -> dict[str, object]:
+    """Widget name -> value of a UI-format node, by the schema's widget order (``schemas``: default :func:`schema`)."""
     values, i = {}, 0
-    for name, _t, _d, _e, slots in widgets_of(schema()[node["type"]]):
+    for name, _t, _d, _e, slots in widgets_of((schemas or schema())[node["type"]]):
         values[name] = node["widgets_values"][i]
         i += slots
     return values

@@ -56,6 +56,7 @@ class DDColor(nn.Module):
         state = self.__dict__.copy()
         state.pop("_ddcolor_graphs", None)
         state.pop("_ddcolor_channels_last", None)
+        state.pop("_ddcolor_slots", None)
         return state
 
     def _apply(self, fn, *args, **kwargs):

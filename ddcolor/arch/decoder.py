@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -72,13 +75,41 @@ class _LastShuffle(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(cin, cout * 16, 1, bias=True))
 
 
-@functools.lru_cache(maxsize=12)
+_KEPT: ContextVar[list[Tensor] | None] = ContextVar("ddcolor_kept_tensors", default=None)
+
+
+@contextmanager
+def keep_cached_tensors() -> Iterator[list[Tensor]]:
+    """Collect the tensors the forward takes from module-level caches while the block runs.
+
+    A captured CUDA graph reads those tensors' memory at every replay but holds no reference to them; once the
+    cache evicts one (another input size came along), its memory is reused and the replay would read garbage.
+    Whoever captures a graph keeps the yielded list as long as the graph.
+    """
+    kept: list[Tensor] = []
+    token = _KEPT.set(kept)
+    try:
+        yield kept
+    finally:
+        _KEPT.reset(token)
+
+
 def position_encoding(height: int, width: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """DETR sine position encoding, normalised to 2*pi: (H*W, dim) tokens in row-major order.
 
     Computed in float32 (as upstream) and then cast, so fp16/bf16 models stay in their own dtype. Depends
-    only on the shape, so the last few are cached (read-only; callers must not modify the result).
+    only on the shape, so the last few are cached (read-only; callers must not modify the result); see
+    :func:`keep_cached_tensors`.
     """
+    pos = _position_encoding(height, width, dim, device, dtype)
+    kept = _KEPT.get()
+    if kept is not None:
+        kept.append(pos)
+    return pos
+
+
+@functools.lru_cache(maxsize=12)
+def _position_encoding(height: int, width: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     half = dim // 2
     scale, eps = 2 * math.pi, 1e-6
     y = torch.arange(1, height + 1, dtype=torch.float32, device=device) / (height + eps) * scale

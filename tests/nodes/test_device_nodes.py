@@ -51,10 +51,10 @@ def test_merge_does_not_swallow_other_errors(pack, dd, monkeypatch):
         merge.merge(_photos(1, 8, 8), torch.zeros(1, 2, 4, 4), "nearest", 1.0, torch.device("cpu"))
 
 
-def test_merge_device_is_cpu_only_for_gpus(pack):
-    merge = _merge_module(pack)
-    assert merge.merge_device(torch.device("cpu")) is None
-    assert merge.merge_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
+def test_full_res_steps_leave_opencv_only_for_gpus(pack):
+    comfy_helpers = importlib.import_module(f"{pack.__name__}.nodes._comfy")
+    assert comfy_helpers.full_res_device(torch.device("cpu")) is None
+    assert comfy_helpers.full_res_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
 
 
 def test_nodes_on_the_models_device_match_the_cpu_path(nodes_pkg, dd, tiny_patcher):
