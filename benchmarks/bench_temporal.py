@@ -14,7 +14,7 @@ Three tables, each measured in this one run:
    batch, stage by stage.
 
     .venv/bin/python benchmarks/bench_temporal.py                     # all three (~5 min on 2 CPU cores)
-    .venv/bin/python benchmarks/bench_temporal.py --device cuda       # speed on a GPU (flow stays on the CPU)
+    .venv/bin/python benchmarks/bench_temporal.py --device cuda --only speed --only effect   # on a GPU
     .venv/bin/python benchmarks/bench_temporal.py --only speed --variants tiny --sizes 512
 """
 
@@ -50,28 +50,69 @@ def _sync(device) -> None:
 # ------------------------------------------------------------------------------------------------ 1. speed
 
 
+def _time_flow_alone(flow: str, lights, device, frames: int) -> float:
+    """Seconds per frame of the optical flow alone over ``lights`` (consecutive frames' L at the ab size), the way
+    ``smooth_ab`` runs it: DIS in the thread pool, the torch flow batched on ``device``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import torch
+
+    from ddcolor import temporal
+    from ddcolor.flow import dense_flow
+
+    if flow == "dis":
+        workers = min(temporal._FLOW_WORKERS, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            start = time.perf_counter()
+            list(pool.map(temporal._flow, lights[1:], lights[:-1]))
+            return (time.perf_counter() - start) / (len(lights) - 1)
+    stack = torch.from_numpy(np.stack(lights)).to(device)
+    h, w = stack.shape[1:]
+    per_batch = max(1, temporal._TORCH_FLOW_PIXELS // (h * w))
+    with torch.inference_mode():
+        dense_flow(stack[1:2], stack[:1])  # warm-up (kernels, allocator)
+        _sync(device)
+        start = time.perf_counter()
+        for i in range(1, frames, per_batch):
+            j = min(i + per_batch, frames)
+            dense_flow(stack[i:j], stack[i - 1:j - 1])
+        _sync(device)
+    return (time.perf_counter() - start) / (frames - 1)
+
+
 def bench_speed(args) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
     import ddcolor
-    from ddcolor.temporal import smooth_ab
+    from ddcolor.temporal import _small_lightness, resolve_flow, smooth_ab
     from tests.synthetic_weights import cached_weights
     from tests.temporal_clip import make_clip
 
+    cuda = torch.device(args.device).type == "cuda"
     rows = []
     clip = make_clip(frames=args.frames, cut=args.frames, size_wh=(1280, 720), ab_scale=0.25)  # one shot
     for size in args.sizes:
         ab = F.interpolate(clip.ab_pred, size=(size, size), mode="bilinear", align_corners=False).contiguous()
-        smooth_ab(clip.frames[:3], ab[:3], device=args.device)  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            _sync(args.device)
-            start = time.perf_counter()
-            smooth_ab(clip.frames, ab, device=args.device)
-            _sync(args.device)
-            times.append((time.perf_counter() - start) / args.frames)
-        smooth_s = statistics.median(times)
+        lights = [_small_lightness(clip.frames[t], (size, size)) for t in range(args.frames)]
+        smooth, alone, peak = {}, {}, {}
+        for flow in args.flows:
+            smooth_ab(clip.frames[:3], ab[:3], device=args.device, flow=flow)  # warm-up
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(args.repeats):
+                _sync(args.device)
+                start = time.perf_counter()
+                smooth_ab(clip.frames, ab, device=args.device, flow=flow)
+                _sync(args.device)
+                times.append((time.perf_counter() - start) / args.frames)
+            smooth[flow] = statistics.median(times)
+            peak[flow] = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
+            alone[flow] = statistics.median(_time_flow_alone(flow, lights, args.device, args.frames)
+                                            for _ in range(args.repeats))
+        nets = {}
         for variant in args.variants:
             model = ddcolor.load_model(cached_weights(variant), device=args.device)
             x = torch.rand(args.net_batch, 3, size, size)
@@ -84,18 +125,31 @@ def bench_speed(args) -> list[dict]:
                     model(x.to(args.device)).cpu()
                     _sync(args.device)
                     net_times.append((time.perf_counter() - start) / args.net_batch)
-            net_s = statistics.median(net_times)
-            rows.append({"size": size, "variant": variant, "smooth_ms": smooth_s * 1e3, "smooth_fps": 1 / smooth_s,
-                         "net_ms": net_s * 1e3, "net_fps": 1 / net_s, "ratio": smooth_s / net_s})
+            nets[variant] = statistics.median(net_times)
             del model
-    emit(f"\n## speed (device {args.device}, {torch.get_num_threads()} CPU threads, {args.frames} frames of 720p; "
-          f"smoother median of {args.repeats}, network median of {args.net_repeats} x batch {args.net_batch})\n")
-    emit("| ab size | network | smoother ms/frame | smoother frames/s | network ms/frame | network frames/s | "
-          "smoother / network |")
-    emit("|---|---|---|---|---|---|---|")
+        rows.append({"size": size, "smooth_ms": {k: v * 1e3 for k, v in smooth.items()},
+                     "flow_ms": {k: v * 1e3 for k, v in alone.items()}, "peak_mib": peak,
+                     "net_ms": {k: v * 1e3 for k, v in nets.items()}})
+    auto = resolve_flow("auto", args.device)
+    emit(f"\n## speed (device {args.device}, {torch.get_num_threads()} torch CPU threads, up to "
+         f"{min(8, os.cpu_count() or 1)} DIS threads, {args.frames} frames of 720p; medians of {args.repeats} "
+         f"(smoother) and {args.net_repeats} x batch {args.net_batch} (network); the node's flow here (auto): "
+         f"{auto})\n")
+    emit("| ab size | flow | smoother ms/frame | smoother frames/s | flow alone ms/frame | "
+         + " | ".join(f"smoother / network ({v})" for v in args.variants)
+         + (" | GPU peak MiB (smoother) |" if cuda else " |"))
+    emit("|---|---|---|---|---|" + "---|" * len(args.variants) + ("---|" if cuda else ""))
     for r in rows:
-        emit(f"| {r['size']} | {r['variant']} | {r['smooth_ms']:.1f} | {r['smooth_fps']:.1f} | {r['net_ms']:.0f} | "
-              f"{r['net_fps']:.2f} | {100 * r['ratio']:.1f} % |")
+        for flow in args.flows:
+            ms = r["smooth_ms"][flow]
+            ratios = " | ".join(f"{100 * ms / r['net_ms'][v]:.1f} %" for v in args.variants)
+            emit(f"| {r['size']} | {flow} | {ms:.1f} | {1e3 / ms:.1f} | {r['flow_ms'][flow]:.1f} | {ratios} |"
+                 + (f" {r['peak_mib'][flow]:.0f} |" if cuda else ""))
+    emit("\n| ab size | network | network ms/frame | network frames/s |")
+    emit("|---|---|---|---|")
+    for r in rows:
+        for v in args.variants:
+            emit(f"| {r['size']} | {v} | {r['net_ms'][v]:.1f} | {1e3 / r['net_ms'][v]:.2f} |")
     return rows
 
 
@@ -103,32 +157,57 @@ def bench_speed(args) -> list[dict]:
 
 
 def bench_effect(args) -> list[dict]:
-    from ddcolor.temporal import smooth_ab
-    from tests.temporal_clip import compensated_flicker, make_clip
+    import numpy as np
+    import torch
+
+    from ddcolor.flow import dense_flow
+    from ddcolor.temporal import _flow, _small_lightness, smooth_ab
+    from tests.temporal_clip import compensated_flicker, make_clip, true_flow
 
     clip = make_clip()
     base = compensated_flicker(clip.ab_pred, clip)
     per_frame_error = (clip.ab_pred - clip.ab_true).abs().mean().item()
     rows = []
-    for direction in ("forward", "both"):
-        for strength in (0.5, 0.75, 0.9):
-            start = time.perf_counter()
-            result = smooth_ab(clip.frames, clip.ab_pred, strength=strength, direction=direction, device=args.device)
-            seconds = time.perf_counter() - start
-            rows.append({
-                "direction": direction, "strength": strength,
-                "flicker": compensated_flicker(result.ab, clip) / base,
-                "error": (result.ab - clip.ab_true).abs().mean().item() / per_frame_error,
-                "cut_frame": (result.ab[clip.cut] - clip.ab_pred[clip.cut]).abs().max().item(),
-                "cuts": list(result.cuts), "ms": 1e3 * seconds / clip.frames.shape[0]})
+    for flow in args.flows:
+        for direction in ("forward", "both"):
+            for strength in (0.5, 0.75, 0.9):
+                start = time.perf_counter()
+                result = smooth_ab(clip.frames, clip.ab_pred, strength=strength, direction=direction,
+                                   device=args.device, flow=flow)
+                seconds = time.perf_counter() - start
+                rows.append({
+                    "flow": flow, "direction": direction, "strength": strength,
+                    "flicker": compensated_flicker(result.ab, clip) / base,
+                    "error": (result.ab - clip.ab_true).abs().mean().item() / per_frame_error,
+                    "cut_frame": (result.ab[clip.cut] - clip.ab_pred[clip.cut]).abs().max().item(),
+                    "cuts": list(result.cuts), "cut_score": result.cut_scores[clip.cut],
+                    "ms": 1e3 * seconds / clip.frames.shape[0]})
     emit(f"\n## effect on the synthetic clip (48 frames, cut at {clip.cut}; per-frame flicker {base:.2f} levels, "
-          f"per-frame error {per_frame_error:.2f})\n")
-    emit("| direction | strength | flicker / per-frame | error / per-frame | first frame after cut, max |Δ| vs "
-          "per-frame | cuts found | ms/frame |")
-    emit("|---|---|---|---|---|---|---|")
+         f"per-frame error {per_frame_error:.2f})\n")
+    emit("| flow | direction | strength | flicker / per-frame | error / per-frame | first frame after cut, max |Δ| "
+         "vs per-frame | cuts found (score of the cut) | ms/frame |")
+    emit("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        emit(f"| {r['direction']} | {r['strength']} | {r['flicker']:.3f} | {r['error']:.3f} | {r['cut_frame']:.2f} | "
-              f"{r['cuts']} | {r['ms']:.1f} |")
+        emit(f"| {r['flow']} | {r['direction']} | {r['strength']} | {r['flicker']:.3f} | {r['error']:.3f} | "
+             f"{r['cut_frame']:.2f} | {r['cuts']} ({r['cut_score']:.2f}) | {r['ms']:.1f} |")
+
+    # the flows alone against the clip's true motion (interior: 4 ab pixels from the edge)
+    h, w = clip.ab_pred.shape[2:]
+    lights = np.stack([_small_lightness(clip.frames[t], (w, h)) for t in range(clip.frames.shape[0])])
+    pairs = [t for t in range(1, lights.shape[0]) if t != clip.cut]
+    truth = np.stack([true_flow(clip, t) for t in pairs])
+    with torch.inference_mode():
+        cur = torch.from_numpy(lights[pairs]).to(args.device)
+        prev = torch.from_numpy(lights[[t - 1 for t in pairs]]).to(args.device)
+        estimates = {"dis": np.stack([_flow(lights[t], lights[t - 1]) for t in pairs]),
+                     "torch": dense_flow(cur, prev).cpu().numpy()}
+    emit(f"\n| flow | endpoint error vs true motion, mean px | 95th percentile px | (true motion: mean "
+         f"{np.sqrt((truth ** 2).sum(-1)).mean():.2f} px per frame, ab {w}x{h}) |")
+    emit("|---|---|---|---|")
+    for flow in args.flows:
+        error = np.sqrt(((estimates[flow] - truth) ** 2).sum(-1))[:, 4:-4, 4:-4]
+        emit(f"| {flow} | {error.mean():.3f} | {np.percentile(error, 95):.3f} | |")
+        rows.append({"flow": flow, "epe_mean": float(error.mean()), "epe_p95": float(np.percentile(error, 95))})
     return rows
 
 
@@ -259,6 +338,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (warping/blending and the network)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--variants", nargs="+", default=["tiny", "large"])
+    parser.add_argument("--flows", nargs="+", choices=("dis", "torch"), default=["dis", "torch"],
+                        help="optical flows to time (the node uses torch on a CUDA device, dis elsewhere)")
     parser.add_argument("--frames", type=int, default=24, help="frames per smoother timing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--net-repeats", type=int, default=2)

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The one command for a GPU machine (run in the repository root; build .gpu/ first with scripts/gpu_bundle.sh
-# and carry it along). Runs the device-path tests on the GPU, then benchmarks/bench_gpu.py; everything is
-# tee'd into $OUT (pytest.txt, bench.txt, bench.json). A failing test does not stop the benchmark.
+# and carry it along). Runs the device-path tests on the GPU, then benchmarks/bench_gpu.py, then the video
+# smoother's speed (benchmarks/bench_temporal.py); everything is tee'd into $OUT (pytest.txt, bench.txt,
+# bench.json, bench_temporal.txt/.json). A failing test does not stop the benchmarks.
 #
 #   bash scripts/gpu_run.sh                                         # on the GPU machine
 #   OUT=/tmp/o DDCOLOR_BENCH_DEVICE=cpu DDCOLOR_BENCH_QUICK=1 bash scripts/gpu_run.sh   # dry run on the CPU
 #
 # Environment: PYTHON (default python3, or .venv/bin/python when present), DDCOLOR_BENCH_DEVICE (default cuda),
-# DDCOLOR_BENCH_QUICK=1 (small sizes), OUT (default /tmp/ddcolor-gpu-out).
+# DDCOLOR_BENCH_QUICK=1 (small sizes), OUT (default /tmp/ddcolor-gpu-out), DDCOLOR_GPU_STEPS (default
+# "tests bench temporal"; e.g. DDCOLOR_GPU_STEPS=temporal runs only the video smoother's benchmark, ~1-2 min).
 set -u
 export PYTHONUNBUFFERED=1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,12 +37,32 @@ export DDCOLOR_TEST_WEIGHTS="${DDCOLOR_TEST_WEIGHTS:-/tmp/ddcolor-weights}"
 "$PYTHON" -c 'from tests.synthetic_weights import cached_weights; [print(cached_weights(v)) for v in ("tiny", "large")]' \
   2>&1 | tee "$OUT/weights.txt"
 
-timeout "${DDCOLOR_TEST_TIMEOUT:-240}" "$PYTHON" -m pytest -p no:cacheprovider -q -rs \
-  -k "not large_photo" tests/test_devicepath.py tests/nodes/test_device_nodes.py 2>&1 | tee "$OUT/pytest.txt"
-echo "pytest exit: ${PIPESTATUS[0]}" | tee -a "$OUT/pytest.txt"
+STEPS=" ${DDCOLOR_GPU_STEPS:-tests bench temporal} "
+step() { [[ "$STEPS" == *" $1 "* ]]; }
 
+if step tests; then
+timeout "${DDCOLOR_TEST_TIMEOUT:-240}" "$PYTHON" -m pytest -p no:cacheprovider -q -rs \
+  -k "not large_photo" tests/test_devicepath.py tests/nodes/test_device_nodes.py \
+  tests/test_flow.py::test_the_same_flow_on_the_test_device \
+  tests/test_temporal.py::test_what_the_node_does_on_the_test_device 2>&1 | tee "$OUT/pytest.txt"
+echo "pytest exit: ${PIPESTATUS[0]}" | tee -a "$OUT/pytest.txt"
+fi
+
+if step bench; then
 quick=()
 [ -n "${DDCOLOR_BENCH_QUICK:-}" ] && quick=(--quick)
 timeout "${DDCOLOR_BENCH_TIMEOUT:-300}" "$PYTHON" benchmarks/bench_gpu.py --device "$DEVICE" "${quick[@]}" \
   --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench.txt"
+fi
+
+# video: Temporal Smooth with both optical flows (OpenCV DIS on the CPU, the torch flow on the device; the node
+# uses the torch one on a GPU) against the network's own frames/s, and their effect on the synthetic clip
+if step temporal; then
+tquick=()
+[ -n "${DDCOLOR_BENCH_QUICK:-}" ] && tquick=(--sizes 512 --variants tiny --frames 6 --repeats 1 --net-repeats 1)
+timeout "${DDCOLOR_TEMPORAL_TIMEOUT:-200}" "$PYTHON" benchmarks/bench_temporal.py --device "$DEVICE" \
+  --only speed --only effect --frames 16 "${tquick[@]}" --json "$OUT/bench_temporal.json" 2>&1 \
+  | tee "$OUT/bench_temporal.txt"
+echo "bench_temporal exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench_temporal.txt"
+fi

@@ -128,6 +128,17 @@ def compensated_flicker(ab: torch.Tensor, clip: Clip, margin: int = 4) -> float:
     return total / count
 
 
+def true_flow(clip: Clip, t: int) -> np.ndarray:
+    """(h, w, 2) the exact motion from frame ``t`` back to frame ``t - 1`` at the ab resolution, in the optical
+    flow's convention: ``frame_t(x, y) ~ frame_{t-1}(x + dx, y + dy)`` (within a shot)."""
+    _, _, ah, aw = clip.ab_pred.shape
+    cur_to_prev = _full(clip.views[t - 1]) @ np.linalg.inv(_full(clip.views[t]))
+    yy, xx = np.mgrid[0:ah, 0:aw].astype(np.float64)
+    px = cur_to_prev[0, 0] * xx + cur_to_prev[0, 1] * yy + cur_to_prev[0, 2]
+    py = cur_to_prev[1, 0] * xx + cur_to_prev[1, 1] * yy + cur_to_prev[1, 2]
+    return np.stack([px - xx, py - yy], axis=-1).astype(np.float32)
+
+
 def _full(view: np.ndarray) -> np.ndarray:
     return np.vstack([view, [0.0, 0.0, 1.0]])
 

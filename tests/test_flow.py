@@ -6,6 +6,8 @@ The same torch code runs on a GPU (ddcolor.temporal uses it there); here it runs
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,8 @@ import torch
 from ddcolor.flow import dense_flow
 from ddcolor.temporal import _flow as dis_flow
 from ddcolor.temporal import _sampling_grid
+
+DEVICE = torch.device(os.environ.get("DDCOLOR_TEST_DEVICE", "cpu"))
 
 
 def texture(h: int, w: int, dx: float = 0.0, dy: float = 0.0, zoom: float = 1.0, seed: int = 0) -> torch.Tensor:
@@ -96,6 +100,18 @@ def test_flat_frames_give_no_motion_and_no_nan():
     assert torch.isfinite(dense_flow(flat, black)).all()  # a fade to black: no texture, no NaN
     textured = texture(24, 32)[None].expand(2, -1, -1)
     assert torch.isfinite(dense_flow(flat, textured)).all() and torch.isfinite(dense_flow(textured, flat)).all()
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs DDCOLOR_TEST_DEVICE=cuda (scripts/gpu_run.sh)")
+def test_the_same_flow_on_the_test_device():
+    """The GPU runs the same maths: batched, deterministic, and equal to the CPU result up to float rounding."""
+    prevs = torch.stack([texture(72, 96, seed=s) for s in range(4)])
+    curs = torch.stack([texture(72, 96, 2.0 * s - 3.0, 1.5 - s, zoom=1.0 + 0.01 * s, seed=s) for s in range(4)])
+    on_device = dense_flow(curs.to(DEVICE), prevs.to(DEVICE))
+    assert on_device.device.type == DEVICE.type
+    assert torch.equal(on_device, dense_flow(curs.to(DEVICE), prevs.to(DEVICE)))
+    difference = (on_device.cpu() - dense_flow(curs, prevs)).abs()
+    assert difference.mean().item() <= 0.01 and difference.max().item() <= 0.25, difference.max().item()
 
 
 def test_mismatched_shapes_are_refused():

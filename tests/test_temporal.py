@@ -9,6 +9,8 @@ The quality tests run with both optical flows: ``dis`` (OpenCV, what the CPU use
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -25,6 +27,8 @@ def clip():
 
 
 FLOWS = ("dis", "torch")
+DEVICE = torch.device(os.environ.get("DDCOLOR_TEST_DEVICE", "cpu"))
+cuda_only = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs DDCOLOR_TEST_DEVICE=cuda (scripts/gpu_run.sh)")
 
 
 @pytest.fixture(scope="module", params=FLOWS)
@@ -100,6 +104,18 @@ def test_auto_is_dis_on_the_cpu_and_torch_on_a_gpu(clip):
     assert not torch.equal(auto.ab, smooth_ab(clip.frames[:8], clip.ab_pred[:8], flow="torch").ab)
     with pytest.raises(ValueError, match="flow must be one of"):
         smooth_ab(clip.frames[:2], clip.ab_pred[:2], flow="farneback")
+
+
+@cuda_only
+def test_what_the_node_does_on_the_test_device(clip):
+    """On a GPU the node (flow auto = the torch flow, on the GPU) meets the same targets, and gives what the same
+    torch code gives on the CPU (up to float rounding)."""
+    result = smooth_ab(clip.frames, clip.ab_pred, device=DEVICE)
+    assert compensated_flicker(result.ab, clip) <= 0.4 * compensated_flicker(clip.ab_pred, clip)
+    assert result.cuts == (clip.cut,)
+    assert (result.ab[clip.cut] - clip.ab_pred[clip.cut]).abs().max().item() <= 1.0
+    on_cpu = smooth_ab(clip.frames, clip.ab_pred, flow="torch")
+    assert (result.ab - on_cpu.ab).abs().mean().item() <= 0.05, (result.ab - on_cpu.ab).abs().mean().item()
 
 
 def test_the_two_flows_agree_on_the_clip(clip):
