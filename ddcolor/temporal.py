@@ -205,43 +205,59 @@ def _sampling_grid(flow: Tensor) -> Tensor:
     return torch.stack([gx, gy], dim=-1)[None]
 
 
-def _unexplained(prev_l: Tensor, cur_l: Tensor, flow: Tensor) -> float:
-    """Share of the frame that ``flow`` does not explain, as :func:`_blend_step` measures it."""
+def _unexplained_share(error: Tensor, inside: Tensor) -> Tensor:
+    """0-d float64 tensor: the share of badly matched pixels (blurred L* error above ``_CUT_ERROR``) among those the
+    motion can reach; 1.0 when it reaches almost none. Stays on the device (no host synchronisation)."""
+    reachable = inside.sum().double()
+    bad = ((error > _CUT_ERROR) & inside).sum().double()
+    share = bad / reachable.clamp_min(1.0)
+    return torch.where(reachable > 0.05 * inside.numel(), share, torch.ones_like(share))
+
+
+def _warp_error(prev: Tensor, cur_l: Tensor, flow: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``prev`` (C, h, w; its last channel is L*) warped along ``flow``; the blurred |L* error| against ``cur_l``;
+    and where the motion comes from inside the previous frame."""
     grid = _sampling_grid(flow)
-    warped = F.grid_sample(prev_l[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True)
-    inside = (grid.abs() <= 1.0).all(dim=-1)[0]
-    error = F.avg_pool2d((warped[0, 0] - cur_l).abs()[None, None], _ERROR_BLUR, stride=1,
-                         padding=_ERROR_BLUR // 2, count_include_pad=False)[0, 0]
-    reachable = inside.sum()
-    bad = ((error > _CUT_ERROR) & inside).sum()
-    return float(bad) / max(float(reachable), 1.0) if float(reachable) > 0.05 * inside.numel() else 1.0
+    warped = F.grid_sample(prev[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+    inside = (grid.abs() <= 1.0).all(dim=-1)[0]  # (h, w)
+    error = (warped[-1] - cur_l).abs()[None, None]
+    error = F.avg_pool2d(error, _ERROR_BLUR, stride=1, padding=_ERROR_BLUR // 2, count_include_pad=False)[0, 0]
+    return warped, error, inside
 
 
 def _blend_step(prev_state: Tensor, prev_l: Tensor, cur_ab: Tensor, cur_l: Tensor, flow: Tensor,
-                strength: float, cut_flow: Tensor | None = None) -> tuple[Tensor, float]:
-    """One step on ``device``: (stabilised ab of the current frame (2, h, w), share of the frame not explained).
+                strength: float, cut_flow: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One step on ``device``: (stabilised ab of the current frame (2, h, w), share of the frame not explained as a
+    0-d float64 tensor). Nothing here waits for the device.
 
     prev_state (2, h, w), prev_l / cur_l (h, w) L*, cur_ab (2, h, w), flow (h, w, 2) from current to previous.
     ``cut_flow``: measure the unexplained share with this flow instead (the torch flow's smooth part).
     """
-    grid = _sampling_grid(flow)
-    stacked = torch.cat([prev_state, prev_l[None]], dim=0)[None]  # (1, 3, h, w)
-    warped = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
-    inside = (grid.abs() <= 1.0).all(dim=-1)[0]  # (h, w): the motion comes from inside the previous frame
-    error = (warped[2] - cur_l).abs()[None, None]
-    error = F.avg_pool2d(error, _ERROR_BLUR, stride=1, padding=_ERROR_BLUR // 2, count_include_pad=False)[0, 0]
+    warped, error, inside = _warp_error(torch.cat([prev_state, prev_l[None]], dim=0), cur_l, flow)
     # Unexplained share (for cut detection): badly matched pixels among those the motion can reach.
-    reachable = inside.sum()
-    bad = ((error > _CUT_ERROR) & inside).sum()
-    unexplained = float(bad) / max(float(reachable), 1.0) if float(reachable) > 0.05 * inside.numel() else 1.0
-    if cut_flow is not None:
-        unexplained = _unexplained(prev_l, cur_l, cut_flow)
-    # The frame's own noise (grain) makes even a perfect warp differ a little: measure it as the median error.
-    floor = min(float(error[inside].median()) if bool(inside.any()) else 0.0, _NOISE_FLOOR_MAX)
+    if cut_flow is None:
+        unexplained = _unexplained_share(error, inside)
+    else:
+        unexplained = _unexplained_share(*_warp_error(prev_l[None], cur_l, cut_flow)[1:])
+    # The frame's own noise (grain) makes even a perfect warp differ a little: measure it as the median error
+    # (of the reachable pixels; the lower middle value, as Tensor.median gives it).
+    median = torch.where(inside, error, torch.full_like(error, math.nan)).flatten().nanmedian()
+    floor = torch.where(inside.any(), median, torch.zeros_like(median)).clamp_max(_NOISE_FLOOR_MAX)
     excess = (error - floor).clamp_min(0.0)
     confidence = torch.exp(-(excess / _CONFIDENCE_SCALE) ** 2) * inside
     weight = (strength * confidence)[None]
     return cur_ab + weight * (warped[:2] - cur_ab), unexplained
+
+
+def _check_finite_ab(chunk_ab: Tensor, frames: list[int]) -> None:
+    """``chunk_ab``: the ab of ``frames`` (on the CPU, where the check costs no device synchronisation)."""
+    finite = torch.isfinite(chunk_ab).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        t = frames[int((~finite).nonzero()[0, 0])]
+        raise InputImageError(
+            f"ab[{t}] (frame {t}, counting from 0) contains NaN or infinite values: the colour "
+            "prediction failed for that frame. Run DDColor Colorize (Lab) again with precision fp32 "
+            "in Load DDColor Model.")
 
 
 def _pass(images: Tensor, ab: Tensor, out: Tensor, order: list[int], strength: float, threshold: float,
@@ -250,57 +266,74 @@ def _pass(images: Tensor, ab: Tensor, out: Tensor, order: list[int], strength: f
     """One recursive pass over the frames in ``order``; writes ``out[t]`` (or averages into it).
 
     ``restart``: frames where the pass starts afresh (given), or None to detect cuts (returned, with scores).
+    The device work of a chunk is queued without waiting; the host reads the chunk's results once at its end, while
+    the threads already prepare the next chunk's lightness (and DIS flow).
     """
     h, w = ab.shape[2:]
     cuts: list[int] = []
     scores: list[float] = [0.0] * images.shape[0]
-    prev_l_np: np.ndarray | None = None
     prev_state: Tensor | None = None
     prev_l: Tensor | None = None
     workers = min(_FLOW_WORKERS, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for first in range(0, len(order), _CHUNK):
-            # The motion of a chunk of frames depends only on the frames: OpenCV computes it in parallel threads
-            # (it releases the GIL). The blend below must run in order. Memory: one chunk of L and flow.
-            steps = list(range(first, min(first + _CHUNK, len(order))))
-            lights = list(pool.map(lambda step: _lightness_checked(images, order[step], (w, h)), steps))
+    chunks = [list(range(first, min(first + _CHUNK, len(order)))) for first in range(0, len(order), _CHUNK)]
+
+    def prepare(steps: list[int], before: np.ndarray | None) -> tuple[list[np.ndarray], list]:
+        # The motion of a chunk of frames depends only on the frames: OpenCV computes it in parallel threads
+        # (it releases the GIL). Memory: one or two chunks of L and flow.
+        lights = list(pool.map(lambda step: _lightness_checked(images, order[step], (w, h)), steps))
+        if torch_flow:
+            return lights, []
+        befores = [before, *lights[:-1]]
+        return lights, list(pool.map(lambda cur, prev: None if prev is None else _flow(cur, prev), lights, befores))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+        upcoming = ahead.submit(prepare, chunks[0], None)
+        for number, steps in enumerate(chunks):
+            lights, flows = upcoming.result()
+            if number + 1 < len(chunks):
+                upcoming = ahead.submit(prepare, chunks[number + 1], lights[-1])
+            frames = [order[step] for step in steps]
+            chunk_ab = ab[frames]
+            _check_finite_ab(chunk_ab, frames)
+            chunk_ab = chunk_ab.to(device, torch.float32)
             if torch_flow:
                 device_lights, flows, cut_flows = _torch_flows(lights, prev_l, device)
             else:
-                befores = [prev_l_np, *lights[:-1]]
-                flows = list(pool.map(lambda cur, before: None if before is None else _flow(cur, before),
-                                      lights, befores))
+                device_lights = list(torch.from_numpy(np.stack(lights)).to(device).unbind(0))
                 cut_flows = [None] * len(flows)
-            for index, (step, cur_l_np, flow_np) in enumerate(zip(steps, lights, flows, strict=True)):
-                t = order[step]
-                cur_ab = ab[t].to(device, torch.float32)
-                if not bool(torch.isfinite(cur_ab).all()):
-                    raise InputImageError(
-                        f"ab[{t}] (frame {t}, counting from 0) contains NaN or infinite values: the colour "
-                        "prediction failed for that frame. Run DDColor Colorize (Lab) again with precision fp32 "
-                        "in Load DDColor Model.")
-                cur_l = device_lights[index] if torch_flow else torch.from_numpy(cur_l_np).to(device)
+            states: list[Tensor] = []
+            unexplained: dict[int, Tensor] = {}
+            for index, (step, t) in enumerate(zip(steps, frames, strict=True)):
+                cur_ab, cur_l = chunk_ab[index], device_lights[index]
                 new_shot = step == 0
                 if not new_shot and restart is not None:
                     new_shot = (t in restart) if order[0] == 0 else (order[step - 1] in restart)
                 if new_shot:
                     state = cur_ab
                 else:
-                    flow = flow_np if torch_flow else torch.from_numpy(flow_np).to(device)
-                    state, unexplained = _blend_step(prev_state, prev_l, cur_ab, cur_l, flow, strength,
-                                                     cut_flows[index])
+                    flow = flows[index]
+                    if not torch_flow:
+                        flow = torch.from_numpy(flow).to(device)
+                    state, share = _blend_step(prev_state, prev_l, cur_ab, cur_l, flow, strength, cut_flows[index])
                     if restart is None:
-                        scores[t] = unexplained
-                        if unexplained > threshold:
-                            cuts.append(t)
-                            state = cur_ab
-                result = state.to("cpu", torch.float32)
-                if average:
-                    out[t].add_(result).mul_(0.5)
-                else:
-                    out[t].copy_(result)
-                prev_l_np, prev_l, prev_state = cur_l_np, cur_l, state
+                        unexplained[t] = share
+                        state = torch.where(share > threshold, cur_ab, state)  # a cut: start afresh
+                states.append(state)
+                prev_l, prev_state = cur_l, state
                 tick()
+            # one transfer and one wait per chunk
+            results = torch.stack(states).to("cpu", torch.float32)
+            if unexplained:
+                values = torch.stack(list(unexplained.values())).cpu().tolist()
+                for t, value in zip(unexplained, values, strict=True):
+                    scores[t] = value
+                    if value > threshold:
+                        cuts.append(t)
+            for index, t in enumerate(frames):
+                if average:
+                    out[t].add_(results[index]).mul_(0.5)
+                else:
+                    out[t].copy_(results[index])
     return cuts, scores
 
 
