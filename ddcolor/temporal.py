@@ -176,17 +176,28 @@ def _flow(cur_l: np.ndarray, prev_l: np.ndarray) -> np.ndarray:
     return dis.calc(cur, prev, None)
 
 
-def _torch_flows(lights: list[np.ndarray], prev_l: Tensor | None, device: torch.device
-                 ) -> tuple[list[Tensor], list[Tensor | None], list[Tensor | None]]:
+def _batched_flow(afters: Tensor, befores: Tensor, per_batch: int) -> Tensor:
+    return torch.cat([dense_flow(afters[i:i + per_batch], befores[i:i + per_batch])
+                      for i in range(0, afters.shape[0], per_batch)])
+
+
+def _torch_flows(lights: list[np.ndarray], prev_l: Tensor | None, device: torch.device, per_batch: int
+                 ) -> tuple[list[Tensor], list[Tensor | None], list[Tensor | None], int]:
     """The chunk's L on ``device`` and its flows (each frame back to the one before; None for the first frame of
-    the pass), from :func:`ddcolor.flow.dense_flow`, batched: a few large tensor operations per chunk."""
+    the pass), from :func:`ddcolor.flow.dense_flow`, batched: a few large tensor operations per chunk; and the
+    number of pairs per batch to use from now on (``per_batch``, or 1 after running out of GPU memory)."""
     cur = torch.from_numpy(np.stack(lights)).to(device)
     befores = cur[:-1] if prev_l is None else torch.cat([prev_l[None], cur[:-1]])
     afters = cur[1:] if prev_l is None else cur
     h, w = cur.shape[1:]
-    per_batch = max(1, _TORCH_FLOW_PIXELS // (h * w))
-    flows = torch.cat([dense_flow(afters[i:i + per_batch], befores[i:i + per_batch])
-                       for i in range(0, afters.shape[0], per_batch)])
+    try:
+        flows = _batched_flow(afters, befores, per_batch)
+    except torch.cuda.OutOfMemoryError:
+        if per_batch == 1:
+            raise
+        torch.cuda.empty_cache()  # a small GPU shared with the model: one pair at a time (the same numbers)
+        per_batch = 1
+        flows = _batched_flow(afters, befores, per_batch)
     # Cuts are judged with the flow's smooth part (averaged over a _CUT_FLOW_CELLS grid of the frame): a flow
     # fitted pixel by pixel also matches much of an unrelated picture, a pan, zoom or tilt stays smooth.
     cells = (min(h, _CUT_FLOW_CELLS), min(w, _CUT_FLOW_CELLS))
@@ -197,7 +208,7 @@ def _torch_flows(lights: list[np.ndarray], prev_l: Tensor | None, device: torch.
     if prev_l is None:
         listed.insert(0, None)
         smooth.insert(0, None)
-    return list(cur.unbind(0)), listed, smooth
+    return list(cur.unbind(0)), listed, smooth, per_batch
 
 
 def _lightness_checked(images: Tensor, t: int, size_wh: tuple[int, int]) -> np.ndarray:
@@ -289,6 +300,7 @@ def _pass(images: Tensor, ab: Tensor, out: Tensor, order: list[int], strength: f
     prev_l: Tensor | None = None
     workers = min(_FLOW_WORKERS, os.cpu_count() or 1)
     chunks = [list(range(first, min(first + _CHUNK, len(order)))) for first in range(0, len(order), _CHUNK)]
+    flow_batch = max(1, _TORCH_FLOW_PIXELS // (h * w))  # frame pairs per torch flow call
 
     def prepare(steps: list[int], before: np.ndarray | None) -> tuple[list[np.ndarray], list]:
         # The motion of a chunk of frames depends only on the frames: OpenCV computes it in parallel threads
@@ -310,7 +322,7 @@ def _pass(images: Tensor, ab: Tensor, out: Tensor, order: list[int], strength: f
             _check_finite_ab(chunk_ab, frames)
             chunk_ab = chunk_ab.to(device, torch.float32)
             if torch_flow:
-                device_lights, flows, cut_flows = _torch_flows(lights, prev_l, device)
+                device_lights, flows, cut_flows, flow_batch = _torch_flows(lights, prev_l, device, flow_batch)
             else:
                 device_lights = list(torch.from_numpy(np.stack(lights)).to(device).unbind(0))
                 cut_flows = [None] * len(flows)

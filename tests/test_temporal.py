@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddcolor import InputImageError
+from ddcolor import InputImageError, temporal
 from ddcolor.temporal import MAX_STRENGTH, resolve_flow, smooth_ab
 from tests.temporal_clip import PHOTOS, _grey, compensated_flicker, make_clip
 
@@ -116,6 +116,24 @@ def test_what_the_node_does_on_the_test_device(clip):
     assert (result.ab[clip.cut] - clip.ab_pred[clip.cut]).abs().max().item() <= 1.0
     on_cpu = smooth_ab(clip.frames, clip.ab_pred, flow="torch")
     assert (result.ab - on_cpu.ab).abs().mean().item() <= 0.05, (result.ab - on_cpu.ab).abs().mean().item()
+
+
+def test_torch_flow_out_of_gpu_memory_retries_one_pair_at_a_time(clip, monkeypatch):
+    """A small GPU shared with the model: the batched flow runs out of memory, the smoother goes on pair by pair
+    and gives the same result."""
+    expected = smooth_ab(clip.frames[:20], clip.ab_pred[:20], flow="torch")
+    real, batches = temporal.dense_flow, []
+
+    def small_gpu(cur, prev):
+        batches.append(cur.shape[0])
+        if cur.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return real(cur, prev)
+
+    monkeypatch.setattr(temporal, "dense_flow", small_gpu)
+    result = smooth_ab(clip.frames[:20], clip.ab_pred[:20], flow="torch")
+    assert torch.equal(result.ab, expected.ab) and result.cuts == expected.cuts
+    assert batches[0] > 1 and set(batches[1:]) == {1}
 
 
 def test_the_two_flows_agree_on_the_clip(clip):
