@@ -59,6 +59,28 @@ def test_known_motion_is_recovered_in_the_interior(h, w, dx, dy, zoom, limit):
     assert np.percentile(error, 95) <= 4 * limit + 0.2, np.percentile(error, 95)
 
 
+def test_an_object_moving_over_another_motion_keeps_its_own_motion():
+    """A textured square (a person) moves one way, the background the other: away from the square's edges (and
+    from what it uncovers) each keeps its own motion, not a blend of both."""
+    h, w, (bx, by), (fx, fy) = 96, 128, (2.0, 0.0), (-3.0, 2.0)
+    y0, y1, x0, x1 = 28, 68, 44, 84  # the square in the current frame
+    yy, xx = np.mgrid[0:h, 0:w]
+
+    def square(dx: float, dy: float, grow: int) -> np.ndarray:
+        return (yy >= y0 + dy - grow) & (yy < y1 + dy + grow) & (xx >= x0 + dx - grow) & (xx < x1 + dx + grow)
+
+    prev = torch.where(torch.from_numpy(square(fx, fy, 0)), texture(h, w, seed=5), texture(h, w, seed=0))
+    cur = torch.where(torch.from_numpy(square(0, 0, 0)), texture(h, w, fx, fy, seed=5), texture(h, w, bx, by, seed=0))
+    flow = dense_flow(cur[None], prev[None])[0].numpy()
+    inner = square(0, 0, -6)
+    frame = (yy >= 6) & (yy < h - 6) & (xx >= 6) & (xx < w - 6)
+    # background: away from the square, and not where the square was (uncovered there: no true match)
+    outer = frame & ~square(0, 0, 6) & ~square(fx - bx, fy - by, 6)
+    inner_error = np.sqrt(((flow[inner] - [fx, fy]) ** 2).sum(-1))
+    outer_error = np.sqrt(((flow[outer] - [bx, by]) ** 2).sum(-1))
+    assert inner_error.mean() <= 0.3 and outer_error.mean() <= 0.3, (inner_error.mean(), outer_error.mean())
+
+
 def test_same_convention_as_dis_and_the_smoother_s_warp():
     """(dx, dy) order, pixel units and direction as OpenCV DIS gives them to ddcolor.temporal: warping the previous
     frame along the flow, the way the smoother does, gives the current frame."""
