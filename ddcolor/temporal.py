@@ -28,9 +28,9 @@ first frame of every shot exactly as predicted and needs one flow per frame.
 would set the pace, and ``dis`` otherwise, so the CPU output is exactly what it was before the torch flow existed.
 With the torch flow a cut is judged by the flow's smooth part (its average over a 3 x 3 grid of the frame): a flow
 fitted pixel by pixel also matches half of an unrelated picture, a pan, zoom or tilt is smooth. Measured on the
-synthetic clip of the tests (``benchmarks/bench_temporal.py``, strength 0.75): flicker 0.222x of per-frame (DIS
-0.221x), error against the true moving colour 0.55x (DIS 0.56x), the cut found with a score of 0.81 (DIS 0.83,
-threshold 0.6); the flow alone is 0.36 px off the true motion on average (DIS 0.21 px; the motion is 2.8 px per
+synthetic clip of the tests (``benchmarks/bench_temporal.py``, strength 0.75): flicker 0.215x of per-frame (DIS
+0.221x), error against the true moving colour 0.53x (DIS 0.56x), the cut found with a score of 0.81 (DIS 0.83,
+threshold 0.6); the flow alone is 0.20 px off the true motion on average (DIS 0.21 px; the motion is 2.8 px per
 frame). On a 2-core CPU the torch flow costs far more than DIS (it is meant for the GPU); its GPU speed is
 measured by ``scripts/gpu_run.sh``.
 
@@ -75,7 +75,7 @@ _CUT_ERROR = 8.0  # L* units: a pixel this badly explained by the motion counts 
 _ASPECT_TOLERANCE = 0.05
 _CHUNK = 16  # frames whose motion is computed together (in parallel threads)
 _FLOW_WORKERS = 8
-_CUT_FLOW_CELLS = 3
+_CUT_FLOW_CELLS = 3  # torch flow: cuts are judged with the flow averaged over this grid of the frame
 _TORCH_FLOW_PIXELS = 1 << 22  # the torch flow takes this many pixels of frame pairs at once (memory bound)
 
 
