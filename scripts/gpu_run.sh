@@ -10,6 +10,9 @@
 # Environment: PYTHON (default python3, or .venv/bin/python when present), DDCOLOR_BENCH_DEVICE (default cuda),
 # DDCOLOR_BENCH_QUICK=1 (small sizes), OUT (default /tmp/ddcolor-gpu-out), DDCOLOR_GPU_STEPS (default
 # "tests bench temporal"; e.g. DDCOLOR_GPU_STEPS=temporal runs only the video smoother's benchmark, ~1-2 min).
+# The step timeouts (DDCOLOR_TEST_TIMEOUT 120, DDCOLOR_BENCH_TIMEOUT 280, DDCOLOR_TEMPORAL_TIMEOUT 170 s) add up to
+# 570 s, so the whole run fits one device call of 600 s; the last measured run needed about 30 + 215 s before the
+# temporal step.
 set -u
 export PYTHONUNBUFFERED=1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +44,7 @@ STEPS=" ${DDCOLOR_GPU_STEPS:-tests bench temporal} "
 step() { [[ "$STEPS" == *" $1 "* ]]; }
 
 if step tests; then
-timeout "${DDCOLOR_TEST_TIMEOUT:-240}" "$PYTHON" -m pytest -p no:cacheprovider -q -rs \
+timeout "${DDCOLOR_TEST_TIMEOUT:-120}" "$PYTHON" -m pytest -p no:cacheprovider -q -rs \
   -k "not large_photo" tests/test_devicepath.py tests/nodes/test_device_nodes.py \
   tests/test_flow.py::test_the_same_flow_on_the_test_device \
   tests/test_temporal.py::test_what_the_node_does_on_the_test_device 2>&1 | tee "$OUT/pytest.txt"
@@ -51,7 +54,7 @@ fi
 if step bench; then
 quick=()
 [ -n "${DDCOLOR_BENCH_QUICK:-}" ] && quick=(--quick)
-timeout "${DDCOLOR_BENCH_TIMEOUT:-300}" "$PYTHON" benchmarks/bench_gpu.py --device "$DEVICE" "${quick[@]}" \
+timeout "${DDCOLOR_BENCH_TIMEOUT:-280}" "$PYTHON" benchmarks/bench_gpu.py --device "$DEVICE" "${quick[@]}" \
   --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench.txt"
 fi
@@ -61,7 +64,7 @@ fi
 if step temporal; then
 tquick=()
 [ -n "${DDCOLOR_BENCH_QUICK:-}" ] && tquick=(--sizes 512 --variants tiny --frames 6 --repeats 1 --net-repeats 1)
-timeout "${DDCOLOR_TEMPORAL_TIMEOUT:-200}" "$PYTHON" benchmarks/bench_temporal.py --device "$DEVICE" \
+timeout "${DDCOLOR_TEMPORAL_TIMEOUT:-170}" "$PYTHON" benchmarks/bench_temporal.py --device "$DEVICE" \
   --only speed --only effect --frames 16 "${tquick[@]}" --json "$OUT/bench_temporal.json" 2>&1 \
   | tee "$OUT/bench_temporal.txt"
 echo "bench_temporal exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench_temporal.txt"
