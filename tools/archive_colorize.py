@@ -58,8 +58,10 @@ from tools.batch_jobs import (  # noqa: E402
     PARTIAL_SUFFIX,
     InputError,
     OutputLock,
+    fmt_duration,
     input_size_arg,
     output_names,
+    parse_command_line,
     positive_int_arg,
 )
 
@@ -568,15 +570,6 @@ def node_check(model: str, dst_fs: Any, dst_root: str, src_fs: Any, src_probe: s
 # --------------------------------------------------------------------------------------------- driver side
 
 
-def _fmt_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds + 0.5))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
-
 class Progress:
     """One line redrawn in place on a terminal; a line every ``every`` seconds otherwise (logs, CI)."""
 
@@ -591,7 +584,7 @@ class Progress:
         done = self.ok + self.failed
         elapsed = time.monotonic() - self.t0
         rate = done / elapsed if elapsed > 0 and done else 0.0
-        eta = _fmt_duration((self.total - done) / rate) if rate else "?"
+        eta = fmt_duration((self.total - done) / rate) if rate else "?"
         filled = int(20 * done / self.total) if self.total else 20
         text = (f"[{'#' * filled}{'.' * (20 - filled)}] {done}/{self.total} "
                 f"{100.0 * done / max(1, self.total):3.0f}% | {rate:.2f} img/s | ETA {eta}")
@@ -910,13 +903,8 @@ def write_failures(plan: Plan, failures: Sequence[dict]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    for stream in (sys.stdout, sys.stderr):  # file names in any script, whatever the console's code page
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s",
-                        stream=sys.stderr)
+    args = parse_command_line(parser, argv)
     try:
         import ray  # noqa: F401
         import ray.data  # noqa: F401
@@ -1006,7 +994,7 @@ def _run_with_ray(args: argparse.Namespace, plan: Plan, parser: argparse.Argumen
         report = write_failures(plan, failures)
         done = progress.ok
         rate = f", {done / seconds:.2f} photos/s" if done and seconds > 0 else ""
-        lines = [f"Colorized {done} photo(s) into {args.dst} in {_fmt_duration(seconds)}{rate}; skipped "
+        lines = [f"Colorized {done} photo(s) into {args.dst} in {fmt_duration(seconds)}{rate}; skipped "
                  f"{plan.skipped} already done; {len(failures)} failed."]
         if failures:
             lines.append("Failed:")

@@ -72,7 +72,9 @@ from tools.batch_jobs import (  # noqa: E402
     check_output_dir,
     discover,
     finalize_output,
+    fmt_duration,
     input_size_arg,
+    parse_command_line,
     plan_jobs,
     positive_int_arg,
     prepare_upload,
@@ -99,15 +101,6 @@ TOOL_FORMAT = 1  # bump when the tool's own processing changes results (invalida
 
 
 # --------------------------------------------------------------------------------------------- progress
-
-
-def _fmt_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds + 0.5))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 class Progress:
@@ -139,7 +132,7 @@ class Progress:
         parts = [
             f"[{'#' * filled}{'.' * (width - filled)}] {self.finished}/{self.total} {pct:3.0f}%",
             f"{rate:.2f} img/s",
-            f"ETA {_fmt_duration(eta) if eta is not None else '?'}",
+            f"ETA {fmt_duration(eta) if eta is not None else '?'}",
         ]
         if self.failed:
             parts.append(f"{self.failed} failed")
@@ -972,7 +965,7 @@ def summary(plan: Plan, runner: Runner | None, seconds: float) -> str:
                      f"(skipped {len(plan.skipped)}); {len(failed)} failed again.")
     else:
         rate = f", {len(done) / seconds:.2f} images/s" if done and seconds > 0 else ""
-        lines.append(f"Colorized {len(done)} image(s) into {plan.out_dir} in {_fmt_duration(seconds)}{rate}; "
+        lines.append(f"Colorized {len(done)} image(s) into {plan.out_dir} in {fmt_duration(seconds)}{rate}; "
                      f"skipped {len(plan.skipped)} already done; {len(failed)} failed.")
     if runner is not None and len(runner.slots) > 1 and seconds > 0:
         for slot in runner.slots:
@@ -1041,13 +1034,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    for stream in (sys.stdout, sys.stderr):  # file names in any script, whatever the console's code page
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s",
-                        stream=sys.stderr)
+    args = parse_command_line(parser, argv)
     with contextlib.ExitStack() as stack:
         try:
             args.server_urls = parse_servers(args)

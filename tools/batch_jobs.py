@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -542,3 +543,29 @@ def positive_int_arg(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+# ------------------------------------------------------------------------------ console
+# (shared by the batch tool and the archive tool)
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, with the console ready first (file names in any script, whatever the console's
+    code page, also in argparse's errors) and logging set up after (debug with ``--verbose``)."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s",
+                        stream=sys.stderr)
+    return args
+
+
+def fmt_duration(seconds: float) -> str:
+    """``42s``, ``3m07s`` or ``2h05m``."""
+    seconds = max(0, int(seconds + 0.5))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
