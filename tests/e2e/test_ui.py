@@ -199,14 +199,19 @@ class EditorPage:
         return [loc.nth(i).inner_text() for i in range(loc.count()) if loc.nth(i).is_visible()]
 
 
-@pytest.fixture
-def editor(browser_context, comfy_server):
-    page = EditorPage(browser_context, comfy_server)
+def _open_editor(browser_context, server):
+    """The graph editor of ``server`` in a new page, closed when the test is done (a generator fixture body)."""
+    page = EditorPage(browser_context, server)
     try:
         page.open()
         yield page
     finally:
         page.page.close()
+
+
+@pytest.fixture
+def editor(browser_context, comfy_server):
+    yield from _open_editor(browser_context, comfy_server)
 
 
 _FIT_VIEW_JS = """
@@ -446,12 +451,7 @@ def ui_server(request, comfy_server):
 
 @pytest.fixture
 def ui_editor(browser_context, ui_server):
-    page = EditorPage(browser_context, ui_server)
-    try:
-        page.open()
-        yield page
-    finally:
-        page.page.close()
+    yield from _open_editor(browser_context, ui_server)
 
 
 _FRONTEND_VERSION_JS = "() => (window.__COMFYUI_FRONTEND_VERSION__ || '?')"
