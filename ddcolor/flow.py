@@ -58,14 +58,19 @@ def _base_grid(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
     return xs, ys
 
 
+def sampling_grid(flow: Tensor) -> Tensor:
+    """(N, h, w, 2) pixel offsets ``(dx, dy)`` -> (N, h, w, 2) grid for ``grid_sample`` (align_corners=True)."""
+    _, h, w, _ = flow.shape
+    xs, ys = _base_grid(h, w, flow.device)
+    gx = (xs + flow[..., 0]) * (2.0 / max(w - 1, 1)) - 1.0
+    gy = (ys + flow[..., 1]) * (2.0 / max(h - 1, 1)) - 1.0
+    return torch.stack([gx, gy], dim=-1)
+
+
 def warp(image: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
     """(N, C, h, w) sampled at ``(x, y) + flow`` (flow (N, 2, h, w), pixels), bilinear, borders repeated; and
     (N, 1, h, w) 1.0 where the sample lies inside the image, else 0.0."""
-    _, _, h, w = image.shape
-    xs, ys = _base_grid(h, w, image.device)
-    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    grid = torch.stack([gx, gy], dim=-1)
+    grid = sampling_grid(flow.permute(0, 2, 3, 1))
     inside = (grid.abs() <= 1.0).all(dim=-1)[:, None].to(image.dtype)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True), inside
 

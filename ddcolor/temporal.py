@@ -58,7 +58,7 @@ from torch import Tensor
 
 from .colorspace import rgb_to_l
 from .errors import InputImageError
-from .flow import dense_flow
+from .flow import dense_flow, sampling_grid
 
 Direction = Literal["forward", "both"]
 DIRECTIONS: tuple[str, ...] = ("forward", "both")
@@ -181,12 +181,12 @@ def _batched_flow(afters: Tensor, befores: Tensor, per_batch: int) -> Tensor:
                       for i in range(0, afters.shape[0], per_batch)])
 
 
-def _torch_flows(lights: list[np.ndarray], prev_l: Tensor | None, device: torch.device, per_batch: int
-                 ) -> tuple[list[Tensor], list[Tensor | None], list[Tensor | None], int]:
-    """The chunk's L on ``device`` and its flows (each frame back to the one before; None for the first frame of
-    the pass), from :func:`ddcolor.flow.dense_flow`, batched: a few large tensor operations per chunk; and the
-    number of pairs per batch to use from now on (``per_batch``, or 1 after running out of GPU memory)."""
-    cur = torch.from_numpy(np.stack(lights)).to(device)
+def _torch_flows(cur: Tensor, prev_l: Tensor | None, per_batch: int
+                 ) -> tuple[list[Tensor | None], list[Tensor | None], int]:
+    """The flows of the chunk whose L is ``cur`` (frames, h, w) (each frame back to the one before; None for the
+    first frame of the pass), from :func:`ddcolor.flow.dense_flow`, batched: a few large tensor operations per
+    chunk; their smooth parts (for cuts); and the number of pairs per batch to use from now on (``per_batch``, or
+    1 after running out of GPU memory)."""
     befores = cur[:-1] if prev_l is None else torch.cat([prev_l[None], cur[:-1]])
     afters = cur[1:] if prev_l is None else cur
     h, w = cur.shape[1:]
@@ -208,7 +208,7 @@ def _torch_flows(lights: list[np.ndarray], prev_l: Tensor | None, device: torch.
     if prev_l is None:
         listed.insert(0, None)
         smooth.insert(0, None)
-    return list(cur.unbind(0)), listed, smooth, per_batch
+    return listed, smooth, per_batch
 
 
 def _lightness_checked(images: Tensor, t: int, size_wh: tuple[int, int]) -> np.ndarray:
@@ -217,16 +217,6 @@ def _lightness_checked(images: Tensor, t: int, size_wh: tuple[int, int]) -> np.n
         raise InputImageError(f"image[{t}] (frame {t}, counting from 0) contains NaN or infinite values. "
                               "Fix the node that produced the frames.")
     return lightness
-
-
-def _sampling_grid(flow: Tensor) -> Tensor:
-    """(h, w, 2) pixel offsets -> (1, h, w, 2) grid for ``grid_sample`` (align_corners=True)."""
-    h, w = flow.shape[:2]
-    ys = torch.arange(h, device=flow.device, dtype=torch.float32)
-    xs = torch.arange(w, device=flow.device, dtype=torch.float32)
-    gx = (xs[None, :] + flow[..., 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys[:, None] + flow[..., 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    return torch.stack([gx, gy], dim=-1)[None]
 
 
 def _unexplained_share(error: Tensor, inside: Tensor) -> Tensor:
@@ -241,7 +231,7 @@ def _unexplained_share(error: Tensor, inside: Tensor) -> Tensor:
 def _warp_error(prev: Tensor, cur_l: Tensor, flow: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``prev`` (C, h, w; its last channel is L*) warped along ``flow``; the blurred |L* error| against ``cur_l``;
     and where the motion comes from inside the previous frame."""
-    grid = _sampling_grid(flow)
+    grid = sampling_grid(flow[None])  # (1, h, w, 2)
     warped = F.grid_sample(prev[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
     inside = (grid.abs() <= 1.0).all(dim=-1)[0]  # (h, w)
     error = (warped[-1] - cur_l).abs()[None, None]
@@ -321,10 +311,11 @@ def _pass(images: Tensor, ab: Tensor, out: Tensor, order: list[int], strength: f
             chunk_ab = ab[frames]
             _check_finite_ab(chunk_ab, frames)
             chunk_ab = chunk_ab.to(device, torch.float32)
+            cur = torch.from_numpy(np.stack(lights)).to(device)
+            device_lights = list(cur.unbind(0))
             if torch_flow:
-                device_lights, flows, cut_flows, flow_batch = _torch_flows(lights, prev_l, device, flow_batch)
+                flows, cut_flows, flow_batch = _torch_flows(cur, prev_l, flow_batch)
             else:
-                device_lights = list(torch.from_numpy(np.stack(lights)).to(device).unbind(0))
                 cut_flows = [None] * len(flows)
             states: list[Tensor] = []
             unexplained: dict[int, Tensor] = {}

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddcolor.flow import dense_flow
+from ddcolor.flow import dense_flow, sampling_grid
 from ddcolor.temporal import _flow as dis_flow
-from ddcolor.temporal import _sampling_grid
 
 DEVICE = torch.device(os.environ.get("DDCOLOR_TEST_DEVICE", "cpu"))
 
@@ -91,7 +90,7 @@ def test_same_convention_as_dis_and_the_smoother_s_warp():
     assert (flow[inner] - dis[inner]).abs().mean() <= 0.2
     assert flow[inner][..., 0].mean() == pytest.approx(2.4, abs=0.05)
     assert flow[inner][..., 1].mean() == pytest.approx(-1.3, abs=0.05)
-    warped = torch.nn.functional.grid_sample(prev[None, None], _sampling_grid(flow), mode="bilinear",
+    warped = torch.nn.functional.grid_sample(prev[None, None], sampling_grid(flow[None]), mode="bilinear",
                                              padding_mode="border", align_corners=True)[0, 0]
     still = (prev - cur)[inner].abs().mean()
     assert (warped - cur)[inner].abs().mean() <= 0.05 * still
